@@ -1,0 +1,1 @@
+"""DanceOPD pipeline library: one concept per module (see DESIGN.md §3)."""

@@ -1,0 +1,131 @@
+"""The backbone: diffusers' SD3Transformer2DModel as a velocity model ``v = model(x, t, cond)``.
+
+- Image stream: the noisy image x (B, C, H, W) concatenated on channels with the edit source
+  (zeros for T2I) -> (B, 2C, H, W), InstructPix2Pix-style.
+- Text stream: the frozen encoder's token embeddings (B, L, D); pooled embedding (B, D).
+- Timestep: the transformer receives ``t * 1000`` (diffusers' SD3 convention; t=1 is noise).
+
+A checkpoint is a diffusers folder (``save_pretrained``: config.json + safetensors), so it
+describes itself and loading never reads today's params.yaml. ``model.pretrained`` names such a
+folder (an SD3-family transformer on local disk); a T2I transformer whose input has only C
+channels gets its source channels added, zero-initialised, so it starts as the T2I model it was.
+"""
+from __future__ import annotations
+
+from pathlib import Path
+
+import torch
+from diffusers import SD3Transformer2DModel
+from torch import Tensor, nn
+
+from pipeline.fields import Cond
+
+# name -> transformer depth and width; the text/pooled dims come from the text encoder.
+SIZES = {
+    "tiny": dict(num_layers=1, num_attention_heads=2, attention_head_dim=16),  # tests, ~0.1M
+    "S": dict(num_layers=4, num_attention_heads=4, attention_head_dim=32),  # CPU default, ~2.4M
+    "M": dict(num_layers=6, num_attention_heads=6, attention_head_dim=64),  # ~30M
+    "B": dict(num_layers=12, num_attention_heads=12, attention_head_dim=64),  # the ~250M "base", GPU
+}
+
+
+class Backbone(nn.Module):
+    """SD3 transformer + the conditioning layout of this project."""
+
+    def __init__(self, transformer: SD3Transformer2DModel):
+        super().__init__()
+        self.transformer = transformer
+        self.channels = transformer.config.out_channels
+
+    def forward(self, x: Tensor, t: Tensor, cond: Cond) -> Tensor:
+        source = torch.zeros_like(x) if cond.source is None else cond.source.to(x)  # (B, C, H, W)
+        hidden = torch.cat([x, source], dim=1)  # (B, 2C, H, W)
+        return self.transformer(
+            hidden_states=hidden,
+            encoder_hidden_states=cond.text.to(x),  # (B, L, D)
+            pooled_projections=cond.pooled.to(x),  # (B, D)
+            timestep=t.to(x) * 1000,  # (B,)
+            return_dict=False,
+        )[0]  # (B, C, H, W)
+
+    def save(self, folder: str | Path) -> None:
+        """Write a self-describing diffusers folder (config.json + weights)."""
+        self.transformer.save_pretrained(folder, safe_serialization=True)
+
+
+def build(size: str, patch_size: int, image_size: int, text_dim: int, channels: int = 3) -> Backbone:
+    """A freshly initialised backbone from the size registry."""
+    if size not in SIZES:
+        raise ValueError(f"model.size: unknown size {size!r}; expected one of {sorted(SIZES)}")
+    if image_size % patch_size:
+        raise ValueError(f"model.patch_size: {patch_size} does not divide the image size {image_size}")
+    spec = SIZES[size]
+    width = spec["num_attention_heads"] * spec["attention_head_dim"]
+    transformer = SD3Transformer2DModel(
+        sample_size=image_size, patch_size=patch_size, in_channels=2 * channels, out_channels=channels,
+        joint_attention_dim=text_dim, pooled_projection_dim=text_dim, caption_projection_dim=width,
+        pos_embed_max_size=image_size // patch_size, **spec,
+    )
+    return Backbone(transformer)
+
+
+def load(folder: str | Path) -> Backbone:
+    """Rebuild a backbone from a checkpoint folder; an error naming the folder if it is not one."""
+    folder = Path(folder)
+    if not (folder / "config.json").is_file():
+        raise FileNotFoundError(f"{folder}: not a model checkpoint (no config.json)")
+    return Backbone(SD3Transformer2DModel.from_pretrained(folder, local_files_only=True))
+
+
+def load_pretrained(folder: str | Path, text_dim: int) -> Backbone:
+    """A local diffusers SD3 transformer (``model.pretrained``), adapted to take a source image."""
+    folder = Path(folder)
+    if (folder / "transformer" / "config.json").is_file():
+        folder = folder / "transformer"  # a whole pipeline folder
+    if not (folder / "config.json").is_file():
+        raise FileNotFoundError(f"model.pretrained: {folder} is not a local diffusers transformer folder")
+    transformer = SD3Transformer2DModel.from_pretrained(folder, local_files_only=True)
+    config = transformer.config
+    for key in ("joint_attention_dim", "pooled_projection_dim"):
+        if config[key] != text_dim:
+            raise ValueError(f"model.pretrained: {folder} has {key}={config[key]}, the text encoder gives {text_dim}")
+    if config.in_channels == config.out_channels:
+        _add_source_channels(transformer)
+    return Backbone(transformer)
+
+
+def _add_source_channels(transformer: SD3Transformer2DModel) -> None:
+    """Widen the patch embedding from C to 2C input channels; the new ones start at zero."""
+    old = transformer.pos_embed.proj  # Conv2d(C, width, patch, patch)
+    new = nn.Conv2d(2 * old.in_channels, old.out_channels, old.kernel_size, old.stride, bias=old.bias is not None)
+    with torch.no_grad():
+        new.weight.zero_()
+        new.weight[:, : old.in_channels] = old.weight
+        if old.bias is not None:
+            new.bias.copy_(old.bias)
+    transformer.pos_embed.proj = new
+    transformer.register_to_config(in_channels=2 * old.in_channels)
+
+
+def param_count(model: nn.Module) -> int:
+    return sum(p.numel() for p in model.parameters())
+
+
+def average(folders: list[str | Path]) -> Backbone:
+    """The weight-merge baseline: the parameter-wise mean of checkpoints of one architecture."""
+    models = [load(f) for f in folders]
+    configs = {json_config(m) for m in models}
+    if len(configs) != 1:
+        raise ValueError(f"merge: {[str(f) for f in folders]} do not share one architecture")
+    merged = models[0]
+    states = [m.state_dict() for m in models]
+    merged.load_state_dict({k: torch.stack([s[k].float() for s in states]).mean(0) for k in states[0]})
+    return merged
+
+
+def json_config(model: Backbone) -> str:
+    """The architecture config as a canonical string (without the diffusers bookkeeping keys)."""
+    import json
+
+    return json.dumps({k: v for k, v in model.transformer.config.items() if not k.startswith("_")},
+                      sort_keys=True, default=str)

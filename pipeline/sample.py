@@ -1,0 +1,60 @@
+"""Sampling images from a model: fixed-seed noise, optional CFG, the Euler sampler, and grids."""
+from __future__ import annotations
+
+import numpy as np
+import torch
+from torch import Tensor, nn
+
+from pipeline import flow
+from pipeline.fields import Cond, GuidedField
+
+
+def noise_like(n: int, shape: tuple[int, ...], seed: int) -> Tensor:
+    """(n, *shape) standard normal noise, the same for the same seed whatever the device."""
+    generator = torch.Generator().manual_seed(seed)
+    return torch.randn((n, *shape), generator=generator)
+
+
+@torch.no_grad()
+def generate(model: nn.Module, cond: Cond, *, steps: int, shift: float, seed: int, guidance: float = 1.0,
+             null: tuple[Tensor, Tensor] | None = None, image_shape: tuple[int, ...] = (3, 32, 32)) -> Tensor:
+    """Images (B, C, H, W) in [-1, 1] from `steps` Euler steps; guidance != 1 needs the null text."""
+    field = model  # called under no_grad; not ModelField, which would freeze a model still training
+    if guidance != 1.0:
+        if null is None:
+            raise ValueError("generate: guidance != 1 needs the null text embedding")
+        field = GuidedField(field, guidance, *null)
+    device = next(model.parameters()).device
+    noise = noise_like(len(cond), image_shape, seed).to(device)
+    grid = flow.time_grid(steps, shift)
+    return flow.euler_sample(field, noise, cond.to(device), grid).clamp(-1, 1)
+
+
+def grid(rows: list[np.ndarray], pad: int = 2) -> np.ndarray:
+    """Tile rows of (N, H, W, 3) uint8 images into one (R*(H+pad), N*(W+pad), 3) uint8 image."""
+    n, h, w, _ = rows[0].shape
+    out = np.full((len(rows) * (h + pad) + pad, n * (w + pad) + pad, 3), 255, np.uint8)
+    for r, images in enumerate(rows):
+        for c, image in enumerate(images):
+            y, x = pad + r * (h + pad), pad + c * (w + pad)
+            out[y:y + h, x:x + w] = image
+    return out
+
+
+PREVIEW_BUCKETS = ("t2i", "local_edit", "global_edit")
+
+
+def preview(model: nn.Module, shards, null, eval_cfg, shift: float, n: int = 8) -> np.ndarray:
+    """A grid on fixed test prompts: T2I outputs, then (source, output) rows per edit bucket."""
+    from pipeline import data
+
+    rows = []
+    for bucket in PREVIEW_BUCKETS:
+        test = data.load_tensors(shards, [bucket], "test", limit=n)
+        x, cond = test.batch(torch.arange(len(test)))
+        out = generate(model, cond, steps=eval_cfg.steps, shift=shift, seed=eval_cfg.seed,
+                       guidance=eval_cfg.guidance, null=null, image_shape=tuple(x.shape[1:]))
+        if bucket != "t2i":
+            rows.append(data.to_uint8(cond.source))
+        rows.append(data.to_uint8(out))
+    return grid(rows)

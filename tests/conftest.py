@@ -1,0 +1,46 @@
+"""Shared fixtures: the repo root, a tiny config, and the offline environment."""
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).resolve().parents[1]
+
+os.environ.setdefault("HF_HUB_OFFLINE", "1")
+os.environ.setdefault("DVC_NO_ANALYTICS", "1")
+os.environ.setdefault("MLFLOW_DISABLE_TELEMETRY", "true")
+
+
+def pytest_configure(config):
+    config.addinivalue_line("markers", "slow: long end-to-end runs (deselect with -m 'not slow')")
+
+
+@pytest.fixture(scope="session")
+def encoder():
+    """The real frozen text encoder (loads in ~2 s; shared by the session)."""
+    from pipeline.text import TextEncoder
+
+    return TextEncoder("minilm", max_tokens=24, batch_size=64)
+
+
+TINY = {  # a config small enough for a stage to run in seconds
+    "data": {"train_per_bucket": 12, "test_per_bucket": 6, "shard_size": 8},
+}
+
+
+def tiny_raw(**sections) -> dict:
+    """params.yaml with the TINY overrides and then `sections` applied (one level deep)."""
+    import yaml
+
+    raw = yaml.safe_load((ROOT / "params.yaml").read_text())
+    for name, values in (TINY | sections).items():
+        raw[name] = raw[name] | values
+    return raw
+
+
+def tiny_cfg(**sections):
+    from pipeline import config
+
+    return config.build(config.Config, tiny_raw(**sections), "tiny: ")
