@@ -111,11 +111,22 @@ class Distill:
 
 
 @dataclasses.dataclass(frozen=True)
+class Evaluator:
+    parser_steps: int  # scene-parser training steps on fresh renders
+    clip_steps: int  # domain-CLIP contrastive training steps
+    batch_size: int
+    lr: float
+    holdout: int  # held-out renders that measure scene_accuracy
+    seed: int
+
+
+@dataclasses.dataclass(frozen=True)
 class Eval:
     count: int  # test samples per bucket
     steps: int  # Euler steps
     guidance: float  # CFG scale at sampling time
     seed: int
+    evaluator: Evaluator
 
 
 @dataclasses.dataclass(frozen=True)

@@ -99,7 +99,7 @@ def fit(model: nn.Module, loss_fn: LossFn, train_cfg, *, steps: int, lr: float, 
     state = {"step": 0, "history": []}
     _resume(work / CHECKPOINT, run_id, model, opt, ema, gen, state)
     autocast = torch.autocast(device.type, dtype=torch.bfloat16, enabled=device.type == "cuda")
-    bar = tqdm(total=steps, initial=state["step"], mininterval=5.0, desc=work.name, unit="step")
+    bar = tqdm(total=steps, initial=state["step"], mininterval=5.0, desc=work.name.removesuffix(".partial"), unit="step")
     tic, window = time.perf_counter(), []
     while state["step"] < steps:
         with autocast:
@@ -190,6 +190,9 @@ def train_sft(cfg, name: str, shards: Path, out: Path, init: Path | None, on_log
     null = data.read_null(shards)
     model = backbone.load(init) if init else new_model(cfg, train_set.text.shape[-1])
     loss_fn = flow_matching_loss(train_set, cfg.train, null, device)
+    if cfg.compute.compile:  # the GPU path; the uncompiled module is what gets saved
+        compiled = torch.compile(model.to(device))
+        sft_loss, loss_fn = loss_fn, lambda _model, gen: sft_loss(compiled, gen)
     run_id = fingerprint(name, buckets, steps, cfg.train, cfg.model, str(init), _shard_digest(shards, buckets))
     work = work_dir(out)
     model, history = fit(model, loss_fn, cfg.train, steps=steps, lr=cfg.train.lr, work=work, run_id=run_id,

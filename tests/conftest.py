@@ -27,6 +27,10 @@ def encoder():
 
 TINY = {  # a config small enough for a stage to run in seconds
     "data": {"train_per_bucket": 12, "test_per_bucket": 6, "shard_size": 8},
+    "model": {"size": "tiny"},
+    "train": {"batch_size": 4, "base_steps": 4, "expert_steps": 2, "joint_steps": 2, "checkpoint_every": 2,
+              "log_every": 1},
+    "eval": {"count": 6, "steps": 2},
 }
 
 

@@ -97,15 +97,21 @@ def _run(cmd: list[str], cwd: Path) -> str:
     return proc.stdout + proc.stderr
 
 
-def test_tiny_dvc_repro_curate(tmp_path):
-    repo = _tiny_repo(tmp_path)
-    _run(["dvc", "repro", "curate"], repo)
-    manifest = repo / "data" / "manifest.parquet"
-    assert manifest.exists() and (repo / "dvc.lock").exists()
-    from pipeline import data
+def test_tiny_dvc_repro(tmp_path):
+    """The whole pipeline on the tiny config, then the artefacts, then a no-op second repro."""
+    from pipeline import backbone, data
 
-    df = data.read_manifest(manifest)
-    assert len(df) == 4 * (12 + 6)
+    repo = _tiny_repo(tmp_path)
+    _run(["dvc", "repro"], repo)
+    assert (repo / "dvc.lock").exists()
+    assert len(data.read_manifest(repo / "data" / "manifest.parquet")) == 4 * (12 + 6)
     assert len(data.read_records(repo / "data" / "shards", "local_edit", "train")) == 12
-    assert "didn't change" in _run(["dvc", "repro", "curate"], repo)
-    assert "up to date" in _run(["dvc", "status", "curate"], repo)
+    models = repo / "data" / "models"
+    folders = [models / "base", *(models / "experts").glob("*/"), *(models / "baselines").glob("*/")]
+    assert sorted(f.name for f in folders) == ["base", "edit", "global_edit", "joint", "local_edit", "merge", "realism"]
+    for folder in folders:
+        assert backbone.load(folder).transformer.config.num_layers == backbone.SIZES["tiny"]["num_layers"]
+        assert (folder / "samples.png").stat().st_size > 0 and (folder / "train_log.json").exists()
+    assert not list(models.rglob("*.partial"))  # checkpoints are dropped once the model is saved
+    assert "didn't change" in _run(["dvc", "repro"], repo)
+    assert "up to date" in _run(["dvc", "status"], repo)

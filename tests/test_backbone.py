@@ -1,0 +1,90 @@
+import pytest
+import torch
+from diffusers import SD3Transformer2DModel
+
+from pipeline import backbone
+from pipeline.fields import Cond
+
+
+def _cond(b=2, source=True, dim=384):
+    g = torch.Generator().manual_seed(1)
+    return Cond(text=torch.randn(b, 5, dim, generator=g), pooled=torch.randn(b, dim, generator=g),
+                source=torch.rand(b, 3, 16, 16, generator=g) * 2 - 1 if source else None)
+
+
+@pytest.fixture
+def model():
+    torch.manual_seed(0)
+    return backbone.build("tiny", 4, 16, 384)
+
+
+def test_forward_shape_and_timestep_scale(model, monkeypatch):
+    seen = {}
+    forward = model.transformer.forward
+
+    def spy(**kwargs):
+        seen.update(kwargs)
+        return forward(**kwargs)
+
+    monkeypatch.setattr(model.transformer, "forward", spy)
+    x, t = torch.randn(2, 3, 16, 16), torch.tensor([0.25, 1.0])
+    v = model(x, t, _cond())
+    assert v.shape == x.shape
+    assert torch.equal(seen["timestep"], torch.tensor([250.0, 1000.0]))  # diffusers' SD3 convention
+    assert seen["hidden_states"].shape == (2, 6, 16, 16)  # noisy image ⊕ source
+
+
+def test_t2i_source_is_zeros(model):
+    x, t, cond = torch.randn(2, 3, 16, 16), torch.rand(2), _cond(source=False)
+    zeros = Cond(cond.text, cond.pooled, torch.zeros(2, 3, 16, 16))
+    assert torch.equal(model(x, t, cond), model(x, t, zeros))
+    assert not torch.equal(model(x, t, cond), model(x, t, _cond()))  # the source matters
+
+
+def test_checkpoint_round_trip(model, tmp_path):
+    model.save(tmp_path / "ckpt")
+    loaded = backbone.load(tmp_path / "ckpt")
+    x, t, cond = torch.randn(2, 3, 16, 16), torch.rand(2), _cond()
+    assert torch.equal(model(x, t, cond), loaded(x, t, cond))
+    assert loaded.transformer.config.num_layers == backbone.SIZES["tiny"]["num_layers"]
+
+
+def test_load_errors_name_the_folder(tmp_path):
+    with pytest.raises(FileNotFoundError, match=str(tmp_path)):
+        backbone.load(tmp_path)
+    with pytest.raises(FileNotFoundError, match="model.pretrained"):
+        backbone.load_pretrained(tmp_path / "nowhere", 384)
+    with pytest.raises(ValueError, match="model.size: unknown size 'XL'"):
+        backbone.build("XL", 4, 32, 384)
+
+
+def test_pretrained_t2i_transformer_gets_zero_source_channels(tmp_path):
+    torch.manual_seed(0)
+    t2i = SD3Transformer2DModel(sample_size=16, patch_size=4, in_channels=3, out_channels=3, num_layers=1,
+                                attention_head_dim=16, num_attention_heads=2, joint_attention_dim=384,
+                                caption_projection_dim=32, pooled_projection_dim=384, pos_embed_max_size=4)
+    t2i.save_pretrained(tmp_path / "pipe" / "transformer")
+    model = backbone.load_pretrained(tmp_path / "pipe", 384)
+    assert model.transformer.config.in_channels == 6
+    x, t, cond = torch.randn(2, 3, 16, 16), torch.rand(2), _cond()
+    expected = t2i(hidden_states=x, encoder_hidden_states=cond.text, pooled_projections=cond.pooled,
+                   timestep=t * 1000).sample
+    assert torch.allclose(model(x, t, cond), expected, atol=1e-6)  # starts as the T2I model it was
+    with pytest.raises(ValueError, match="joint_attention_dim=384, the text encoder gives 512"):
+        backbone.load_pretrained(tmp_path / "pipe", 512)
+
+
+def test_average_is_the_parameter_mean(tmp_path):
+    folders = []
+    for seed in (0, 1):
+        torch.manual_seed(seed)
+        m = backbone.build("tiny", 4, 16, 384)
+        m.save(tmp_path / str(seed))
+        folders.append(tmp_path / str(seed))
+    merged = backbone.average(folders)
+    a, b = backbone.load(folders[0]).state_dict(), backbone.load(folders[1]).state_dict()
+    for k, v in merged.state_dict().items():
+        assert torch.allclose(v, (a[k] + b[k]) / 2)
+    backbone.build("tiny", 8, 16, 384).save(tmp_path / "other")
+    with pytest.raises(ValueError, match="do not share one architecture"):
+        backbone.average([folders[0], tmp_path / "other"])
