@@ -4,7 +4,7 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
-from pipeline import backbone, config, data, sample, train
+from pipeline import backbone, config, data, sample, tracking, train
 
 
 def main() -> None:
@@ -15,10 +15,11 @@ def main() -> None:
     args = parser.parse_args()
 
     cfg = config.load()
-    merged = backbone.average(args.models)
-    grid = sample.preview(merged, args.shards, data.read_null(args.shards), cfg.eval, cfg.model.shift)
-    meta = {"name": "merge", "models": [str(m) for m in args.models]}
-    train.save_model(merged, args.out, [], meta, grid)
+    with tracking.run("merge", {"models": [str(m) for m in args.models]}) as run:
+        merged = backbone.average(args.models)
+        grid = sample.preview(merged, args.shards, data.read_null(args.shards), cfg.eval, cfg.model.shift)
+        train.save_model(merged, args.out, [], {"name": "merge", "models": [str(m) for m in args.models]}, grid)
+        run.log_artifact(args.out / "samples.png")
     print(f"merge: mean of {len(args.models)} models -> {args.out}")
 
 

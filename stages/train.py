@@ -7,7 +7,7 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
-from pipeline import config, train
+from pipeline import config, tracking, train
 
 
 def main() -> None:
@@ -19,7 +19,12 @@ def main() -> None:
     args = parser.parse_args()
 
     cfg = config.load()
-    _, history = train.train_sft(cfg, args.name, args.shards, args.out, args.init)
+    stage = {"base": "train_base", "joint": "train_joint"}.get(args.name, f"train_expert@{args.name}")
+    params = {"model": cfg.model, "train": cfg.train, "compute": cfg.compute}
+    with tracking.run(stage, params, name=args.name) as run:
+        _, history = train.train_sft(cfg, args.name, args.shards, args.out, args.init,
+                                     on_log=lambda step, row: run.log_metrics(row, step))
+        run.log_artifact(args.out / "samples.png")
     last = history[-1]
     print(f"train {args.name}: final loss {last['loss']:.4f}, {last['samples_per_s']:.0f} samples/s -> {args.out}")
 
