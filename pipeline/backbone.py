@@ -129,3 +129,18 @@ def json_config(model: Backbone) -> str:
 
     return json.dumps({k: v for k, v in model.transformer.config.items() if not k.startswith("_")},
                       sort_keys=True, default=str)
+
+
+BASELINES = ("joint", "merge")
+
+
+def model_dir(root: str | Path, name: str, experts) -> Path:
+    """The checkpoint folder of a model name: base, an expert, a baseline, or a student method."""
+    root = Path(root)
+    if name == "base":
+        return root / "base"
+    if name in experts:
+        return root / "experts" / name
+    if name in BASELINES:
+        return root / "baselines" / name
+    return root / "students" / name

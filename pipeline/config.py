@@ -77,6 +77,7 @@ class Router:
     label_fraction: float  # share of training prompts whose task label the router may see
     steps: int
     lr: float
+    seed: int  # which prompts are labelled, and the router's initial weights
 
 
 @dataclasses.dataclass(frozen=True)

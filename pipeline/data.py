@@ -270,7 +270,8 @@ class TensorSet:
     """Records of one or more buckets as stacked tensors, for sampling training batches."""
 
     image: torch.Tensor  # (N, 3, H, W) uint8 targets
-    source: torch.Tensor  # (N, 3, H, W) uint8 sources; zeros for T2I (as the backbone sees them)
+    source: torch.Tensor  # (N, 3, H, W) uint8 sources (anything for T2I rows: masked out)
+    has_source: torch.Tensor  # (N,) bool
     text: torch.Tensor  # (N, L, D) float16
     pooled: torch.Tensor  # (N, D) float16
     task: torch.Tensor  # (N,) long index into world.TASKS
@@ -282,8 +283,11 @@ class TensorSet:
     def batch(self, idx: torch.Tensor) -> tuple[torch.Tensor, Cond]:
         """Images (B, 3, H, W) in [-1, 1] and their condition, for the indices `idx`."""
         x = self.image[idx].float() / 127.5 - 1.0
-        cond = Cond(text=self.text[idx].float(), pooled=self.pooled[idx].float(),
-                    source=self.source[idx].float() / 127.5 - 1.0, route=self.task[idx])
+        keep = self.has_source[idx].view(-1, 1, 1, 1)  # (B, 1, 1, 1)
+        # A T2I row's source is exactly 0.0, what the backbone feeds for `source=None`.
+        source = torch.where(keep, self.source[idx].float() / 127.5 - 1.0, 0.0)  # (B, 3, H, W)
+        cond = Cond(text=self.text[idx].float(), pooled=self.pooled[idx].float(), source=source,
+                    route=self.task[idx])
         return x, cond
 
 
@@ -295,6 +299,7 @@ def load_tensors(root: str | Path, buckets: list[str], split: str, limit: int | 
     return TensorSet(
         image=torch.from_numpy(image).permute(0, 3, 1, 2).contiguous(),
         source=torch.from_numpy(source).permute(0, 3, 1, 2).contiguous(),
+        has_source=torch.tensor([r.source is not None for r in records]),
         text=torch.from_numpy(np.stack([r.text for r in records])),
         pooled=torch.from_numpy(np.stack([r.pooled for r in records])),
         task=torch.tensor([world.TASKS.index(r.task) for r in records]),

@@ -31,6 +31,11 @@ TINY = {  # a config small enough for a stage to run in seconds
     "train": {"batch_size": 4, "base_steps": 4, "expert_steps": 2, "joint_steps": 2, "checkpoint_every": 2,
               "log_every": 1},
     "eval": {"count": 6, "steps": 2},
+    "router": {"steps": 20, "label_fraction": 0.5},
+    "distill": {"rollout_steps": 4, "steps": 2, "batch_size": 2,
+                "methods": {"danceopd": {}, "offpolicy": {"states": "off_policy"},
+                            "dense": {"queries": 4, "query": "uniform", "weighting": "diffusionopd"},
+                            "soft": {"routing_mode": "soft"}}},
 }
 
 

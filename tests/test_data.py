@@ -4,6 +4,7 @@ import json
 import numpy as np
 import pandas as pd
 import pytest
+import torch
 from PIL import Image
 
 from pipeline import data, world
@@ -116,3 +117,13 @@ def test_tensor_conversion_round_trip():
 def test_missing_shards_error_names_folder(tmp_path):
     with pytest.raises(FileNotFoundError, match="no train shards"):
         data.shard_paths(tmp_path, "t2i", "train")
+
+
+def test_tensorset_batches_t2i_source_as_zeros_like_the_backbone(tmp_path, encoder):
+    data.write_bucket(data.world_items("t2i", "train", 2, 32), encoder, tmp_path, "t2i", "train", 8)
+    data.write_bucket(data.world_items("local_edit", "train", 2, 32), encoder, tmp_path, "local_edit", "train", 8)
+    tensors = data.load_tensors(tmp_path, ["t2i", "local_edit"], "train")
+    x, cond = tensors.batch(torch.arange(4))
+    assert torch.equal(cond.source[:2], torch.zeros(2, 3, 32, 32))  # Backbone's `source=None`
+    assert torch.equal(cond.source[2:], data.to_tensor(np.stack([r.source for r in tensors.records[2:]])))
+    assert cond.route.tolist() == [0, 0, 1, 1] and x.min() >= -1

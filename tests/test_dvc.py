@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import ast
+import json
 import os
 import re
 import shutil
@@ -107,11 +108,14 @@ def test_tiny_dvc_repro(tmp_path):
     assert len(data.read_manifest(repo / "data" / "manifest.parquet")) == 4 * (12 + 6)
     assert len(data.read_records(repo / "data" / "shards", "local_edit", "train")) == 12
     models = repo / "data" / "models"
-    folders = [models / "base", *(models / "experts").glob("*/"), *(models / "baselines").glob("*/")]
-    assert sorted(f.name for f in folders) == ["base", "edit", "global_edit", "joint", "local_edit", "merge", "realism"]
+    folders = [models / "base", *(models / "experts").glob("*/"), *(models / "baselines").glob("*/"),
+               *(models / "students").glob("*/")]
+    assert sorted(f.name for f in folders) == ["base", "danceopd", "dense", "edit", "global_edit", "joint",
+                                               "local_edit", "merge", "offpolicy", "realism", "soft"]
     for folder in folders:
         assert backbone.load(folder).transformer.config.num_layers == backbone.SIZES["tiny"]["num_layers"]
         assert (folder / "samples.png").stat().st_size > 0 and (folder / "train_log.json").exists()
+    assert json.loads((repo / "data" / "metrics" / "router.json").read_text())["labelled"] == 18
     assert not list(models.rglob("*.partial"))  # checkpoints are dropped once the model is saved
     assert "didn't change" in _run(["dvc", "repro"], repo)
     assert "up to date" in _run(["dvc", "status"], repo)

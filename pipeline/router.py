@@ -1,0 +1,109 @@
+"""The task router: a small MLP that predicts a prompt's task (``world.TASKS``) from its text.
+
+It reads the frozen text encoder's pooled embedding (B, D), already stored in the shards, so it
+never runs the encoder. It learns from a seeded ``router.label_fraction`` of the training prompts
+(the only task labels it may see); its prediction is the route of a distillation sample when
+``routing.source`` is ``router``. A saved router is a folder holding ``router.json`` (dims, class
+names) and ``router.safetensors``, written atomically, so loading never reads params.yaml.
+"""
+from __future__ import annotations
+
+import json
+import shutil
+from pathlib import Path
+
+import torch
+import torch.nn.functional as F
+from safetensors.torch import load_file, save_file
+from torch import Tensor, nn
+
+from pipeline import world
+from pipeline.data import TensorSet, replace_dir
+from pipeline.fields import Cond
+
+CONFIG = "router.json"
+WEIGHTS = "router.safetensors"
+HIDDEN = 128  # far more than 3 classes of templated prompts need; still ~50k parameters
+BATCH = 256
+WEIGHT_DECAY = 1e-2
+
+
+class Router(nn.Module):
+    """pooled text embedding (B, D) -> task logits (B, len(classes))."""
+
+    def __init__(self, dim: int, classes: tuple[str, ...] = world.TASKS, hidden: int = HIDDEN):
+        super().__init__()
+        self.dim, self.classes, self.hidden = dim, tuple(classes), hidden
+        self.net = nn.Sequential(nn.Linear(dim, hidden), nn.GELU(), nn.Linear(hidden, len(self.classes)))
+
+    def forward(self, pooled: Tensor) -> Tensor:
+        return self.net(pooled)  # (B, n_classes)
+
+    @torch.no_grad()
+    def predict(self, pooled: Tensor) -> Tensor:
+        """(B,) long class indices for pooled embeddings (B, D), on the input's device."""
+        device = next(self.parameters()).device
+        return self(pooled.to(device, torch.float32)).argmax(-1).to(pooled.device)
+
+    def route(self, cond: Cond) -> Tensor:
+        """The predicted task of each sample of a batch: a ``route_of`` for ``distill.distill_loss``."""
+        return self.predict(cond.pooled)
+
+    def accuracy(self, tensors: TensorSet) -> float:
+        """The share of ``tensors`` whose task is predicted right."""
+        return (self.predict(tensors.pooled) == tensors.task).float().mean().item()
+
+    def save(self, folder: str | Path) -> None:
+        """Write ``folder`` atomically: weights + the config that rebuilds the router."""
+        folder = Path(folder)
+        tmp = folder.with_name(folder.name + ".tmp")
+        shutil.rmtree(tmp, ignore_errors=True)
+        tmp.mkdir(parents=True)
+        config = {"dim": self.dim, "hidden": self.hidden, "classes": list(self.classes)}
+        (tmp / CONFIG).write_text(json.dumps(config, indent=1))
+        save_file({k: v.detach().cpu().contiguous() for k, v in self.state_dict().items()}, tmp / WEIGHTS)
+        replace_dir(tmp, folder)
+
+    @classmethod
+    def load(cls, folder: str | Path) -> Router:
+        """Rebuild a saved router; an error naming the folder if it is not one."""
+        folder = Path(folder)
+        if not (folder / CONFIG).is_file() or not (folder / WEIGHTS).is_file():
+            raise FileNotFoundError(f"{folder}: not a router (needs {CONFIG} and {WEIGHTS})")
+        config = json.loads((folder / CONFIG).read_text())
+        router = cls(config["dim"], tuple(config["classes"]), config["hidden"])
+        router.load_state_dict(load_file(folder / WEIGHTS))
+        return router.eval()
+
+
+def labelled_subset(n: int, label_fraction: float, seed: int) -> Tensor:
+    """The sorted indices of the round(label_fraction * n) samples whose labels may be used (seeded)."""
+    if not 0 < label_fraction <= 1:
+        raise ValueError(f"router.label_fraction: expected a value in (0, 1], got {label_fraction}")
+    count = round(label_fraction * n)
+    if count < 1:
+        raise ValueError(f"router.label_fraction: {label_fraction} of {n} samples labels none of them")
+    generator = torch.Generator().manual_seed(seed)
+    return torch.randperm(n, generator=generator)[:count].sort().values
+
+
+def train_router(train: TensorSet, label_fraction: float, steps: int, lr: float, seed: int) -> tuple[Router, dict]:
+    """Train a router on the labelled fraction of ``train``; the other samples stay unused."""
+    labelled = labelled_subset(len(train.task), label_fraction, seed)
+    pooled = train.pooled[labelled].float()  # (N_l, D)
+    task = train.task[labelled]  # (N_l,)
+    generator = torch.Generator().manual_seed(seed)
+    with torch.random.fork_rng(devices=[]):  # seeded initial weights without touching global RNG
+        torch.manual_seed(seed)
+        router = Router(pooled.shape[-1])
+    opt = torch.optim.AdamW(router.parameters(), lr=lr, weight_decay=WEIGHT_DECAY)
+    router.train()
+    for _ in range(steps):
+        batch = torch.randint(len(task), (min(BATCH, len(task)),), generator=generator)
+        loss = F.cross_entropy(router(pooled[batch]), task[batch])
+        opt.zero_grad(set_to_none=True)
+        loss.backward()
+        opt.step()
+    router.eval()
+    accuracy = (router.predict(pooled) == task).float().mean().item()
+    return router, {"labelled": len(labelled), "train_accuracy": accuracy}

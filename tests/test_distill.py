@@ -1,0 +1,417 @@
+"""pipeline.distill: rollout, query selection, routing, CFG targets, on/off-policy states and the loss."""
+import copy
+import dataclasses
+import math
+from types import SimpleNamespace
+
+import pytest
+import torch
+from torch import nn
+
+from pipeline import backbone, distill, flow, train, world
+from pipeline.data import TensorSet
+from pipeline.distill import Method
+from pipeline.fields import RoutedField
+from tests.conftest import tiny_cfg
+
+N, C, S, L, D = 6, 3, 8, 4, 8  # samples, channels, image side, tokens, text dim
+SHIFT = 3.0
+
+
+def fake_set(n=N, seed=0) -> TensorSet:
+    """A random TensorSet: tasks cycle through world.TASKS."""
+    g = torch.Generator().manual_seed(seed)
+    task = torch.arange(n) % len(world.TASKS)
+    return TensorSet(
+        image=torch.randint(0, 256, (n, C, S, S), generator=g, dtype=torch.uint8),
+        source=torch.randint(0, 256, (n, C, S, S), generator=g, dtype=torch.uint8),
+        text=torch.randn(n, L, D, generator=g).half(),
+        pooled=torch.randn(n, D, generator=g).half(),
+        task=task,
+        records=[SimpleNamespace(bucket=world.TASKS[k]) for k in task],
+    )
+
+
+def method(**kw) -> Method:
+    base = dict(init="local_edit", rollout_steps=4, query="low", queries=1, weighting="mean",
+                states="on_policy", routing_mode="hard", steps=3, batch_size=4, lr=1e-3)
+    return Method(**(base | kw))
+
+
+class Toy(nn.Module):
+    """A backbone-shaped field: v depends on x, t, the pooled text and the source."""
+
+    def __init__(self, seed=0):
+        super().__init__()
+        torch.manual_seed(seed)
+        self.mix = nn.Conv2d(C, C, 1)
+        self.text = nn.Linear(D, C)
+
+    def forward(self, x, t, cond):
+        v = self.mix(x) * t.view(-1, 1, 1, 1) + self.text(cond.pooled).view(-1, C, 1, 1)
+        return v + 0.5 * cond.source
+
+
+class Spy(Toy):
+    """A Toy student that records every call: (x, t, cond, grad enabled)."""
+
+    def __init__(self, seed=0):
+        super().__init__(seed)
+        self.calls = []
+
+    def forward(self, x, t, cond):
+        self.calls.append((x.detach().clone(), t.detach().clone(), cond, torch.is_grad_enabled()))
+        return super().forward(x, t, cond)
+
+
+class Probe(nn.Module):
+    """A student whose velocity is a zero parameter p: after backward, target = -grad(p) * numel / 2."""
+
+    def __init__(self):
+        super().__init__()
+        self.p, self.seen = None, None
+
+    def forward(self, x, t, cond):
+        if not torch.is_grad_enabled():  # the rollout
+            return torch.zeros_like(x)
+        self.p, self.seen = nn.Parameter(torch.zeros_like(x)), (x, t, cond)
+        return self.p
+
+
+def probe_target(teacher, data, m, gen_seed=0, **kw):
+    """(target the loss regresses onto, the student's inputs) for one step of method m (mean, K=1)."""
+    student = Probe()
+    loss = distill.distill_loss(teacher, data, m, shift=SHIFT, device=torch.device("cpu"), **kw)
+    loss(student, torch.Generator().manual_seed(gen_seed)).backward()
+    return -student.p.grad * student.p.numel() / 2, student.seen
+
+
+# --- rollout ------------------------------------------------------------------------------------
+
+
+def test_rollout_states_are_the_detached_pre_step_states_at_the_grid_times():
+    data, student = fake_set(), Toy(1)
+    x, cond = data.batch(torch.arange(4))
+    noise = torch.randn(x.shape, generator=torch.Generator().manual_seed(0))
+    traj = distill.rollout(student, noise, cond, 5, SHIFT)  # called with grad enabled
+    assert traj.states.shape == (5, 4, C, S, S)
+    assert not traj.states.requires_grad and not traj.final.requires_grad
+    assert torch.equal(traj.states[0], noise)
+    assert torch.equal(traj.t, flow.time_grid(5, SHIFT)[:-1])
+    # Each state is one Euler step of the student from the previous one, at that state's t.
+    grid = flow.time_grid(5, SHIFT)
+    with torch.no_grad():
+        step = traj.states[2] + (grid[3] - grid[2]) * student(traj.states[2], grid[2].expand(4), cond)
+    assert torch.allclose(traj.states[3], step, atol=1e-6)
+    for i in range(4):  # batched == per sample
+        single = distill.rollout(student, noise[i:i + 1], cond[i], 5, SHIFT)
+        assert torch.allclose(single.states[:, 0], traj.states[:, i], atol=1e-6)
+
+
+def test_rollout_of_the_tiny_backbone_is_batched_like_per_sample():
+    torch.manual_seed(0)
+    student = backbone.build("tiny", 2, S, D)
+    data = fake_set()
+    x, cond = data.batch(torch.arange(3))
+    noise = torch.randn(x.shape, generator=torch.Generator().manual_seed(1))
+    traj = distill.rollout(student, noise, cond, 3, SHIFT)
+    assert any(p.requires_grad for p in student.parameters()) and not traj.states.requires_grad
+    for i in range(3):
+        single = distill.rollout(student, noise[i:i + 1], cond[i], 3, SHIFT)
+        assert torch.allclose(single.states[:, 0], traj.states[:, i], atol=1e-5)
+
+
+# --- query_indices ------------------------------------------------------------------------------
+
+
+def expected_floor_mean(a, b, n):
+    """E[floor(n u)] for u ~ Beta(a, b), integers a, b: sum_j P(u >= j/n), P(u < x) = P(Bin(a+b-1, x) >= a)."""
+    m = a + b - 1
+    cdf = lambda x: sum(math.comb(m, i) * x**i * (1 - x) ** (m - i) for i in range(a, m + 1))  # noqa: E731
+    return sum(1 - cdf(j / n) for j in range(1, n))
+
+
+@pytest.mark.parametrize("query,a,b", [("low", 5, 2), ("mid", 5, 5), ("high", 2, 5), ("uniform", 1, 1)])
+def test_query_index_means_follow_the_beta_distributions(query, a, b):
+    gen = torch.Generator().manual_seed(0)
+    big = distill.query_indices(10_000, 20_000, 1, query, gen).float()
+    assert abs((big / 10_000).mean().item() - a / (a + b)) < 0.006
+    assert abs((big / 10_000).var().item() - a * b / ((a + b) ** 2 * (a + b + 1))) < 0.003
+    small = distill.query_indices(16, 20_000, 1, query, gen).float()
+    assert small.min() >= 0 and small.max() <= 15
+    assert abs(small.mean().item() - expected_floor_mean(a, b, 16)) < 0.05
+
+
+def test_low_queries_sit_on_the_low_noise_side():
+    idx = distill.query_indices(16, 4000, 1, "low", torch.Generator().manual_seed(0))
+    t = flow.time_grid(16, SHIFT)[idx]
+    assert t.mean() < 0.55 and (idx >= 8).float().mean() > 0.85
+
+
+@pytest.mark.parametrize("query", ["low", "mid", "high", "uniform"])
+def test_multiple_queries_are_distinct_sorted_and_reproducible(query):
+    idx = distill.query_indices(16, 300, 8, query, torch.Generator().manual_seed(3))
+    assert idx.shape == (300, 8) and idx.dtype == torch.long
+    for row in idx.tolist():
+        assert len(set(row)) == 8 and row == sorted(row) and 0 <= min(row) and max(row) < 16
+    again = distill.query_indices(16, 300, 8, query, torch.Generator().manual_seed(3))
+    assert torch.equal(idx, again)
+    other = distill.query_indices(16, 300, 8, query, torch.Generator().manual_seed(4))
+    assert not torch.equal(idx, other)
+
+
+def test_dense_queries_fill_every_state_even_when_draws_run_out():
+    assert torch.equal(distill.query_indices(16, 2, 16, "uniform"), torch.arange(16).expand(2, 16))
+    # low-bias draws almost never reach index 0 of 64 states: the fallback must fill with unused ones
+    idx = distill.query_indices(64, 5, 60, "low", torch.Generator().manual_seed(0))
+    assert all(len(set(row)) == 60 for row in idx.tolist())
+    with pytest.raises(ValueError, match="queries"):
+        distill.query_indices(4, 2, 5, "low")
+    with pytest.raises(ValueError, match="query"):
+        distill.query_indices(4, 2, 1, "lowest")
+
+
+# --- routing and the teacher ------------------------------------------------------------------
+
+
+class Tagged:
+    """A toy field that returns its constant tag and records which samples (by pooled row) it saw."""
+
+    def __init__(self, tag):
+        self.tag, self.seen = float(tag), []
+
+    def __call__(self, x, t, cond):
+        self.seen.append(cond.pooled.clone())
+        return torch.full_like(x, self.tag)
+
+
+def sample_ids(pooled, data):
+    """Row indices of ``data`` that each pooled embedding came from."""
+    table = data.pooled.float()
+    return [int((table == row).all(-1).nonzero()[0]) for row in pooled]
+
+
+@pytest.mark.parametrize("source", ["label", "router"])
+def test_hard_routing_supervises_each_sample_with_exactly_its_field(source):
+    data, fields = fake_set(), [Tagged(k + 1) for k in range(3)]
+    teacher = RoutedField(fields, "hard")
+    route_of = (lambda cond: (cond.route + 1) % 3) if source == "router" else None
+    target, (_, _, cond) = probe_target(teacher, data, method(batch_size=8), route_of=route_of)
+    ids = sample_ids(cond.pooled, data)
+    routes = data.task[ids] if route_of is None else (data.task[ids] + 1) % 3
+    assert torch.equal(cond.route, routes)
+    assert torch.allclose(target, (routes + 1).float().view(-1, 1, 1, 1).expand_as(target))
+    seen = [sample_ids(torch.cat(f.seen), data) for f in fields]
+    assert sorted(sum(seen, [])) == sorted(ids)  # every sample seen once, by one field
+    for k, ids_k in enumerate(seen):
+        assert sorted(ids_k) == sorted(i for i, r in zip(ids, routes.tolist()) if r == k)
+
+
+def test_soft_routing_supervises_with_the_average_field():
+    data, fields = fake_set(), [Tagged(k + 1) for k in range(3)]
+    teacher = RoutedField(fields, "soft")
+    target, _ = probe_target(teacher, data, method(batch_size=8))
+    assert torch.allclose(target, torch.full_like(target, 2.0))  # (1 + 2 + 3) / 3
+    assert all(len(torch.cat(f.seen)) == 8 for f in fields)
+
+
+def test_build_teacher_freezes_each_model_once_in_route_order():
+    shared, other = Toy(0), Toy(1)
+    teacher = distill.build_teacher({"t2i": other, "local_edit": shared, "global_edit": shared},
+                                    ["t2i", "local_edit", "global_edit"], "hard", 3.5, False, None)
+    assert [f.model for f in teacher.fields] == [other, shared, shared]
+    assert teacher.fields[1] is teacher.fields[2]
+    assert not any(p.requires_grad for p in shared.parameters()) and not shared.training
+    with pytest.raises(ValueError, match="global_edit"):
+        distill.build_teacher({"t2i": other}, ["t2i", "global_edit"], "hard", 1.0, False, None)
+
+
+@pytest.mark.parametrize("use_cfg", [True, False])
+def test_the_target_is_the_guided_routed_field_with_cfg_and_the_plain_one_without(use_cfg):
+    data, scale = fake_set(), 3.5
+    null = torch.zeros(L, D), torch.full((D,), 0.3)
+    models = {name: Toy(k) for k, name in enumerate(world.TASKS)}
+    teacher = distill.build_teacher(models, list(world.TASKS), "hard", scale, use_cfg, null)
+    target, (x_t, t, cond) = probe_target(teacher, data, method(batch_size=6))
+    with torch.no_grad():
+        for i in range(len(x_t)):
+            model, c = models[world.TASKS[int(cond.route[i])]], cond[i]
+            v_cond = model(x_t[i:i + 1], t[i:i + 1], c)
+            v_null = model(x_t[i:i + 1], t[i:i + 1], c.with_text(*null))
+            want = v_null + scale * (v_cond - v_null) if use_cfg else v_cond
+            assert torch.allclose(target[i:i + 1], want, atol=1e-5), i
+            assert not torch.allclose(v_cond, v_null)  # the test can tell the two apart
+
+
+def test_the_teacher_never_carries_gradients():
+    class Trainable(nn.Module):  # a teacher field whose weights were (wrongly) left trainable
+        def __init__(self):
+            super().__init__()
+            self.w, self.grad_enabled = nn.Parameter(torch.ones(())), []
+
+        def forward(self, x, t, cond):
+            self.grad_enabled.append(torch.is_grad_enabled())
+            return self.w * x
+
+    teacher_module, student = Trainable(), Toy(0)
+    loss = distill.distill_loss(teacher_module, fake_set(), method(), shift=SHIFT, device=torch.device("cpu"))
+    value = loss(student, torch.Generator().manual_seed(0))
+    value.backward()
+    assert teacher_module.w.grad is None and teacher_module.grad_enabled == [False]
+    assert all(p.grad is not None for p in student.parameters())
+    frozen = Toy(1)  # and through build_teacher's ModelField
+    loss = distill.distill_loss(distill.build_teacher({"a": frozen}, ["a"], "soft", 1.0, False, None),
+                                fake_set(), method(), shift=SHIFT, device=torch.device("cpu"))
+    loss(student, torch.Generator().manual_seed(0)).backward()
+    assert all(p.grad is None for p in frozen.parameters())
+
+
+# --- query states: on-policy and off-policy ----------------------------------------------------
+
+
+@pytest.mark.parametrize("k", [1, 3])
+def test_on_policy_states_are_the_students_own_rollout_states_at_the_query_t(k):
+    student, data = Spy(0), fake_set()
+    m = method(queries=k, rollout_steps=4, query="uniform")
+    loss = distill.distill_loss(Toy(1), data, m, shift=SHIFT, device=torch.device("cpu"))
+    loss(student, torch.Generator().manual_seed(0))
+    rollout_calls, (x_t, t, cond, grad) = student.calls[:-1], student.calls[-1]
+    assert len(rollout_calls) == 4 and not any(c[3] for c in rollout_calls) and grad
+    grid = flow.time_grid(4, SHIFT)
+    assert all(torch.equal(c[1], grid[i].expand(4)) for i, c in enumerate(rollout_calls))  # whole batch
+    assert len(x_t) == 4 * k and x_t.requires_grad is False
+    for j in range(len(x_t)):
+        step = int((grid == t[j]).nonzero())  # the rollout step of this query's t
+        assert step < 4  # never the final clean state
+        assert torch.equal(x_t[j], rollout_calls[step][0][j // k])
+    per_sample = t.view(4, k)
+    assert all(len(set(row.tolist())) == k for row in per_sample)
+
+
+@pytest.mark.parametrize("k", [1, 2])
+def test_off_policy_states_are_forward_noised_data_at_the_query_t(k):
+    student, data = Spy(0), fake_set()
+    m = method(states="off_policy", queries=k, batch_size=4)
+    loss = distill.distill_loss(Toy(1), data, m, shift=SHIFT, device=torch.device("cpu"))
+    loss(student, torch.Generator().manual_seed(7))
+    assert len(student.calls) == 1  # no rollout
+    x_t, t, cond, _ = student.calls[0]
+    gen = torch.Generator().manual_seed(7)  # replay the loss's draws: rows, query indices, noise
+    rows = torch.randint(len(data), (4,), generator=gen)
+    idx = distill.query_indices(4, 4, k, "low", gen)
+    noise = torch.randn((4 * k, C, S, S), generator=gen)
+    x, _ = data.batch(rows)
+    owner = torch.arange(4).repeat_interleave(k)
+    want_t = flow.time_grid(4, SHIFT)[idx.flatten()]
+    assert torch.equal(t, want_t)
+    assert torch.allclose(x_t, flow.interpolate(x[owner], noise, want_t), atol=1e-6)
+    assert sample_ids(cond.pooled, data) == rows[owner].tolist()  # the condition of the same sample
+
+
+# --- the loss --------------------------------------------------------------------------------------
+
+
+def test_weightings_of_several_queries():
+    data, R, K = fake_set(), 4, 3
+    losses = {}
+    for weighting in ("mean", "diffusionopd"):
+        student = Spy(0)
+        loss = distill.distill_loss(lambda x, t, cond: torch.zeros_like(x), data,
+                                    method(queries=K, rollout_steps=R, weighting=weighting),
+                                    shift=SHIFT, device=torch.device("cpu"))
+        losses[weighting] = loss(student, torch.Generator().manual_seed(0))
+        x_t, t, cond, _ = student.calls[-1]
+        with torch.no_grad():
+            v = Toy(0)(x_t, t, cond).view(4, K, -1)  # (B, K, CHW): the student's velocities
+        per_state = [v[:, j].pow(2).mean() for j in range(K)]
+        want = sum(per_state) / K if weighting == "mean" else 0.5 / R**2 * sum(per_state)
+        assert torch.allclose(losses[weighting], want, rtol=1e-5), weighting
+    assert torch.allclose(losses["diffusionopd"], losses["mean"] * K * 0.5 / R**2, rtol=1e-5)
+
+
+def tiny_backbone(seed):
+    torch.manual_seed(seed)
+    return backbone.build("tiny", 2, S, D)
+
+
+@pytest.mark.parametrize("states", ["on_policy", "off_policy"])
+def test_a_student_equal_to_its_teacher_has_zero_loss(states):
+    student = tiny_backbone(0)
+    teacher = distill.build_teacher({k: copy.deepcopy(student) for k in world.TASKS}, list(world.TASKS),
+                                    "hard", 1.0, False, None)
+    loss = distill.distill_loss(teacher, fake_set(), method(states=states, queries=2), shift=SHIFT,
+                                device=torch.device("cpu"))
+    assert loss(student, torch.Generator().manual_seed(0)).item() < 1e-12
+    other = distill.build_teacher({"a": tiny_backbone(1)}, ["a"], "hard", 1.0, False, None)
+    route_a = lambda cond: torch.zeros(len(cond), dtype=torch.long)  # noqa: E731
+    loss = distill.distill_loss(other, fake_set(), method(states=states), shift=SHIFT,
+                                device=torch.device("cpu"), route_of=route_a)
+    assert loss(student, torch.Generator().manual_seed(0)).item() > 1e-3
+
+
+def test_a_few_distillation_steps_reduce_the_loss(tmp_path):
+    data = fake_set(n=4)
+    teacher_model = tiny_backbone(1)
+    teacher = distill.build_teacher({"t": teacher_model}, ["t"], "hard", 1.0, False, None)
+    m = method(batch_size=4, rollout_steps=4)
+    route_of = lambda cond: torch.zeros(len(cond), dtype=torch.long)  # noqa: E731
+    loss = distill.distill_loss(teacher, data, m, shift=SHIFT, device=torch.device("cpu"), route_of=route_of)
+    train_cfg = dataclasses.replace(tiny_cfg().train, batch_size=4, log_every=1, checkpoint_every=1000)
+    student, history = train.fit(tiny_backbone(0), loss, train_cfg, steps=20, lr=3e-3, work=tmp_path / "w",
+                                 run_id="r", device=torch.device("cpu"))
+    first = sum(h["loss"] for h in history[:3]) / 3
+    last = sum(h["loss"] for h in history[-3:]) / 3
+    assert last < 0.5 * first, (first, last)
+    assert all(p.grad is None for p in teacher_model.parameters())
+
+
+# --- resolve_method ------------------------------------------------------------------------------
+
+
+def test_resolve_method_applies_defaults_and_overrides():
+    cfg = tiny_cfg()
+    base = distill.resolve_method(cfg, "danceopd")
+    assert (base.query, base.queries, base.states, base.routing_mode) == ("low", 1, "on_policy", "hard")
+    assert base.rollout_steps == cfg.distill.rollout_steps and base.lr == cfg.distill.lr
+    dense = distill.resolve_method(cfg, "dense")
+    assert (dense.queries, dense.query, dense.weighting) == (16, "uniform", "diffusionopd")
+    assert distill.resolve_method(cfg, "soft").routing_mode == "soft"
+    assert distill.resolve_method(cfg, "offpolicy").states == "off_policy"
+    mid = tiny_cfg(distill={"query": "mid"})  # `-S distill.query=mid` reaches every non-overriding method
+    assert distill.resolve_method(mid, "danceopd").query == "mid"
+    assert distill.resolve_method(mid, "dense").query == "uniform"
+
+
+@pytest.mark.parametrize("overrides,where", [
+    ({"querys": 2}, "distill.methods.bad.querys"),
+    ({"query": "lowest"}, "distill.methods.bad.query"),
+    ({"queries": 0}, "distill.methods.bad.queries"),
+    ({"queries": 17}, "distill.methods.bad.queries"),
+    ({"weighting": "sum"}, "distill.methods.bad.weighting"),
+    ({"states": "offline"}, "distill.methods.bad.states"),
+    ({"routing_mode": "mixed"}, "distill.methods.bad.routing_mode"),
+    ({"lr": "fast"}, "distill.methods.bad.lr"),
+])
+def test_resolve_method_names_the_bad_key(overrides, where):
+    cfg = tiny_cfg(distill={"methods": {"bad": overrides}})
+    with pytest.raises(ValueError, match=where.replace(".", r"\.")):
+        distill.resolve_method(cfg, "bad")
+
+
+def test_resolve_method_rejects_unknown_methods_and_bad_defaults():
+    with pytest.raises(ValueError, match=r"distill\.methods\.nope"):
+        distill.resolve_method(tiny_cfg(), "nope")
+    with pytest.raises(ValueError, match=r"distill\.query"):
+        distill.resolve_method(tiny_cfg(distill={"query": "median"}), "danceopd")
+    with pytest.raises(ValueError, match=r"routing\.mode"):
+        distill.resolve_method(tiny_cfg(routing={"mode": "blend"}), "danceopd")
+
+
+def test_bucket_weights_draw_buckets_in_proportion():
+    data = fake_set(n=9)
+    w = distill.bucket_weights(data, {"t2i": 2.0, "local_edit": 1.0, "global_edit": 1.0})
+    rows = distill._draw_rows(9, 40_000, torch.Generator().manual_seed(0), w)
+    share = torch.bincount(data.task[rows], minlength=3).float() / 40_000
+    assert torch.allclose(share, torch.tensor([0.5, 0.25, 0.25]), atol=0.01)
+    with pytest.raises(ValueError, match=r"routing\.weights\.global_edit"):
+        distill.bucket_weights(data, {"t2i": 1.0, "local_edit": 1.0})

@@ -1,0 +1,167 @@
+"""The evaluator: exact batch rendering, label codec, shapes, save/load, the accuracy gate."""
+from __future__ import annotations
+
+import functools
+import json
+import random
+import sys
+
+import numpy as np
+import pytest
+import torch
+
+from pipeline import evaluator as E
+from pipeline import world
+from pipeline.data import to_tensor
+from tests.conftest import ROOT, tiny_cfg, tiny_raw
+
+TINY_EVAL = {"parser_steps": 1, "clip_steps": 1, "batch_size": 8, "lr": 2e-3, "holdout": 40, "seed": 0}
+
+
+def _tiny_eval_raw():
+    return tiny_raw()["eval"] | {"evaluator": TINY_EVAL}
+
+
+@functools.lru_cache(maxsize=None)
+def trained_evaluator() -> E.Evaluator:
+    """The evaluator of the default params.yaml, trained once per session (slow tests only)."""
+    import tempfile
+    from pathlib import Path
+
+    from pipeline import config
+
+    out = Path(tempfile.mkdtemp()) / "evaluator"
+    metrics = E.train_evaluator(config.load(ROOT / "params.yaml"), out)
+    trained_evaluator.metrics = metrics
+    return E.Evaluator.load(out)
+
+
+@pytest.fixture(scope="module")
+def untrained():
+    torch.manual_seed(0)
+    tok = E.tokenizer()
+    return E.Evaluator(E.SceneParser(E.ParserConfig(size=32)), E.build_clip(32, tok), tok)
+
+
+# ----------------------------------------------------------------------------- data
+
+@pytest.mark.parametrize("size", [16, 32])
+def test_tile_renderer_equals_world_render(size):
+    rng = random.Random(1)
+    scenes = [E.random_scene(rng) for _ in range(40)] + [
+        world.Scene((world.Obj("circle", "red"),) * 4, "navy", style) for style in world.STYLES]
+    got = E.TileRenderer(size)(scenes)
+    assert np.array_equal(got, np.stack([world.render(s, size) for s in scenes]))
+
+
+def test_labels_round_trip_and_cover_every_class():
+    rng = random.Random(2)
+    scenes = [E.random_scene(rng) for _ in range(3000)]
+    labels = E.scene_labels(scenes)
+    assert E.decode(labels) == scenes
+    assert len(E.CONTENTS) == 1 + len(world.SHAPES) * len(world.COLORS)
+    assert set(labels[:, :4].flatten().tolist()) == set(range(len(E.CONTENTS)))
+    assert set(labels[:, 5].tolist()) == set(range(len(world.STYLES)))
+    assert {sum(c is not None for c in s.cells) for s in scenes} == {0, 1, 2, 3, 4}
+
+
+def test_training_draws_never_reuse_make_bucket_seeds():
+    pairs = [E.caption_pair(random.Random(f"clip/0/{i}")) for i in range(50)]
+    assert all(isinstance(c, str) and c for _, c in pairs)
+    # The T2I samples come from seeds >= 10**12; curated buckets stop below 1.4 * 10**9.
+    assert max(world.SPLIT_BASE.values()) + max(world.BUCKET_BASE.values()) + 10**8 < 10**12
+
+
+def test_augment_keeps_shape_range_and_geometry():
+    x = to_tensor(E.TileRenderer(32)([E.random_scene(random.Random(3)) for _ in range(64)]))
+    y = E.augment(x, torch.Generator().manual_seed(0))
+    assert y.shape == x.shape and y.min() >= -1 and y.max() <= 1
+    assert (y - x).abs().mean() < 0.1  # light: pixels move a little, shapes stay put
+    assert torch.equal(E.augment(x, torch.Generator().manual_seed(0), p=0.0), x)
+
+
+# ----------------------------------------------------------------------------- models
+
+def test_parser_shapes_and_parse_gives_valid_scenes(untrained):
+    x = torch.rand(5, 3, 32, 32) * 2 - 1
+    cells, bg, style = untrained.parser(x)
+    assert cells.shape == (5, 4, len(E.CONTENTS)) and bg.shape == (5, 4) and style.shape == (5, 5)
+    assert untrained.features(x).shape == (5, untrained.parser.cfg.hidden)
+    scenes = untrained.parse(x)
+    assert len(scenes) == 5 and all(isinstance(s, world.Scene) for s in scenes)
+    r = untrained.realism(x)
+    assert r.shape == (5,) and ((r > 0) & (r < 1)).all()
+    # uint8 NHWC arrays are accepted as well
+    assert untrained.parse(np.zeros((2, 32, 32, 3), np.uint8)) == untrained.parse(-torch.ones(2, 3, 32, 32))
+    with pytest.raises(ValueError, match="expected images"):
+        untrained.parse(torch.zeros(1, 3, 16, 16))
+
+
+def test_clip_pools_the_sep_token_and_scores_pairs(untrained):
+    cfg = untrained.clip.config.text_config
+    assert (cfg.vocab_size, cfg.eos_token_id, cfg.bos_token_id, cfg.pad_token_id) == (30522, 102, 101, 0)
+    assert untrained.clip.config.vision_config.image_size == 32
+    x = torch.rand(3, 3, 32, 32) * 2 - 1
+    s = untrained.clip_score(x, ["a red circle", "a blue square in the top left", "x"])
+    assert s.shape == (3,) and (s.abs() <= 100 + 1e-3).all()
+    with pytest.raises(ValueError, match="texts"):
+        untrained.clip_score(x, ["one"])
+
+
+def test_save_load_round_trip_is_exact_and_atomic(untrained, tmp_path):
+    out = tmp_path / "models" / "evaluator"
+    untrained.save(out)
+    untrained.save(out)  # overwriting an existing evaluator works too
+    assert sorted(p.name for p in out.parent.iterdir()) == ["evaluator"]  # no temp folder left
+    assert json.loads((out / "parser.json").read_text())["size"] == 32
+    ev = E.Evaluator.load(out)
+    x, texts = torch.rand(4, 3, 32, 32) * 2 - 1, ["a"] * 4
+    assert ev.parse(x) == untrained.parse(x)
+    assert torch.allclose(ev.features(x), untrained.features(x))
+    assert torch.allclose(ev.realism(x), untrained.realism(x))
+    assert torch.allclose(ev.clip_score(x, texts), untrained.clip_score(x, texts), atol=1e-5)
+    with pytest.raises(FileNotFoundError, match="parser.pt"):
+        E.Evaluator.load(tmp_path)
+
+
+# ----------------------------------------------------------------------------- the accuracy gate
+
+def test_train_evaluator_refuses_a_poor_parser_and_writes_nothing(tmp_path):
+    cfg = tiny_cfg(eval=_tiny_eval_raw())
+    with pytest.raises(RuntimeError, match="scene accuracy"):
+        E.train_evaluator(cfg, tmp_path / "evaluator")
+    assert list(tmp_path.iterdir()) == []
+
+
+def test_stage_writes_model_and_metrics_or_nothing(tmp_path, monkeypatch):
+    import yaml
+
+    from stages import train_evaluator as stage
+
+    (tmp_path / "params.yaml").write_text(yaml.safe_dump(tiny_raw(eval=_tiny_eval_raw())))
+    monkeypatch.chdir(tmp_path)
+    argv = ["train_evaluator", "--out", "models/evaluator", "--metrics", "metrics/evaluator.json"]
+    monkeypatch.setattr(sys, "argv", argv)
+    with pytest.raises(RuntimeError, match="scene accuracy"):
+        stage.main()
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["params.yaml"]
+    monkeypatch.setattr(E, "MIN_SCENE_ACCURACY", 0.0)  # the gate off: the rest of the stage runs
+    stage.main()
+    metrics = json.loads((tmp_path / "metrics" / "evaluator.json").read_text())
+    assert set(metrics) == {"scene_accuracy", "cell_accuracy", "background_accuracy", "style_accuracy",
+                            "clip_match", "clip_shuffled", "train_seconds"}
+    assert E.Evaluator.load(tmp_path / "models" / "evaluator").parser.cfg.size == 32
+
+
+@pytest.mark.slow
+def test_default_params_reach_the_accuracy_the_metrics_need():
+    ev = trained_evaluator()
+    m = trained_evaluator.metrics
+    assert m["scene_accuracy"] >= E.MIN_SCENE_ACCURACY
+    assert m["clip_match"] > m["clip_shuffled"] + 20
+    # Slightly noisy renders (as generated images are) still parse.
+    rng = random.Random("noisy-test")
+    scenes = [E.random_scene(rng, rng.randint(1, 3)) for _ in range(500)]
+    x = to_tensor(E.TileRenderer(32)(scenes))
+    noisy = (x + 0.03 * torch.randn(x.shape, generator=torch.Generator().manual_seed(0))).clamp(-1, 1)
+    assert np.mean([a == b for a, b in zip(ev.parse(noisy), scenes)]) >= 0.95
