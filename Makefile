@@ -11,7 +11,7 @@ export DVC_NO_ANALYTICS := 1
 export MLFLOW_DISABLE_TELEMETRY := true
 export DO_NOT_TRACK := 1
 
-.PHONY: setup run test clean-venv
+.PHONY: setup run test test-slow clean-venv
 
 setup: $(STAMP) .dvc/config
 
@@ -28,7 +28,10 @@ run: setup
 	dvc repro
 
 test: setup
-	python -m pytest -q
+	python -m pytest -q -m "not slow"
+
+test-slow: setup
+	python -m pytest -q -m slow
 
 clean-venv:
 	rm -rf $(VENV)

@@ -119,6 +119,7 @@ class Evaluator:
     lr: float
     holdout: int  # held-out renders that measure scene_accuracy
     seed: int
+    min_scene_accuracy: float  # held-out scene accuracy below which the stage fails (DESIGN §7)
 
 
 @dataclasses.dataclass(frozen=True)

@@ -13,14 +13,13 @@ Conventions (this module owns them):
 - CLIP score = 100 * cos(image embed, text embed) of the domain CLIP, per pair (no clamp at 0).
   Its text tower uses the MiniLM WordPiece tokenizer; CLS/SEP serve as CLIP's BOS/EOS, so CLIP's
   pooling takes the [SEP] state (the tower is causal, so [SEP] has seen the whole caption).
-- Training data are fresh renders, never the curated shards: scenes and samples are drawn from
-  `random.Random` seeded by strings ("parser/<seed>/<step>", "holdout/<seed>", ...), which can
-  never coincide with `world.make_bucket`'s integer seeds (T2I samples use seeds >= 10**12). Geometry is never augmented (cell
+- Training data are fresh renders, never the curated shards: scenes come from `random.Random`
+  seeded by strings ("parser/<seed>/<step>", "holdout/<seed>", ...) and T2I samples from seeds
+  >= 10**12, so none coincides with a `world.make_bucket` seed. Geometry is never augmented (cell
   positions are the labels); pixels get noise, blur and brightness jitter so that slightly
   imperfect generated images still parse.
-- A saved evaluator is a folder: `parser.pt` (weights) + `parser.json` (its config),
-  `clip/` (`save_pretrained`) and `tokenizer/`; it loads without params.yaml and is written to a
-  temporary folder first, then moved into place.
+- A saved evaluator is a folder: `parser.pt` + `parser.json` (its config), `clip/`
+  (`save_pretrained`) and `tokenizer/`; it loads without params.yaml and is written atomically.
 """
 from __future__ import annotations
 
@@ -74,21 +73,25 @@ class TileRenderer:
     """`world.render` for batches, composed from per-cell tiles rendered once by `world.render`.
 
     Exact because a cell's pixels depend only on its content, the background, the style and its
-    position (`world` keeps every shape inside its cell); `check` verifies it on random scenes.
+    position (`world` keeps every shape inside its cell); the constructor verifies it.
     """
 
     def __init__(self, size: int):
         self.size = size
         half = size // 2
         # tiles[cell, content, background, style] = (half, half, 3) uint8
-        self.tiles = np.empty((4, len(CONTENTS), len(_BACKGROUNDS), len(_STYLES), half, half, 3), np.uint8)
+        self.tiles = np.empty((4, len(CONTENTS), len(_BACKGROUNDS), len(_STYLES), half, half, 3),
+                              np.uint8)
         for (k, content), (b, bg), (s, style) in itertools.product(
                 enumerate(CONTENTS), enumerate(_BACKGROUNDS), enumerate(_STYLES)):
             img = world.render(world.Scene((content,) * 4, bg, style), size)
             for cell in range(4):
                 y0, y1, x0, x1 = world.cell_box(cell, size)
                 self.tiles[cell, k, b, s] = img[y0:y1, x0:x1]
-        self.check(random.Random("tile-check"))
+        rng = random.Random("tile-check")
+        scenes = [random_scene(rng) for _ in range(50)]
+        if not np.array_equal(self(scenes), np.stack([world.render(s, size) for s in scenes])):
+            raise AssertionError("TileRenderer: tiles differ from world.render; cells are not local")
 
     def __call__(self, scenes: list[world.Scene]) -> np.ndarray:
         """(N, S, S, 3) uint8, equal to stacking `world.render` of each scene."""
@@ -97,20 +100,13 @@ class TileRenderer:
         top, bottom = np.concatenate(cells[:2], axis=2), np.concatenate(cells[2:], axis=2)
         return np.concatenate([top, bottom], axis=1)
 
-    def check(self, rng: random.Random, n: int = 50) -> None:
-        """Raise if composed tiles differ from `world.render` on n random scenes."""
-        scenes = [random_scene(rng) for _ in range(n)]
-        want = np.stack([world.render(s, self.size) for s in scenes])
-        if not np.array_equal(self(scenes), want):  # a world change broke cell locality
-            raise AssertionError("TileRenderer: tiles differ from world.render; cells are not local")
-
 
 def augment(x: Tensor, gen: torch.Generator, p: float = 0.75) -> Tensor:
     """Pixel-only jitter of a share `p` of the batch: blur, brightness/contrast, Gaussian noise."""
     b = x.shape[0]
     u = lambda *shape: torch.rand(*shape, generator=gen)  # noqa: E731
     on = (u(b) < p).float().view(b, 1, 1, 1)
-    # Blur: mix with the 3x3 box mean by a random weight (a mild, differentiable-free softening).
+    # Blur: mix with the 3x3 box mean by a random weight (generated images come out slightly soft).
     box = F.avg_pool2d(F.pad(x, (1, 1, 1, 1), mode="replicate"), 3, stride=1)
     w = on * (u(b, 1, 1, 1) < 0.3).float() * u(b, 1, 1, 1) * 0.6
     x = x + w * (box - x)
@@ -124,6 +120,7 @@ def augment(x: Tensor, gen: torch.Generator, p: float = 0.75) -> Tensor:
 
 @dataclass(frozen=True)
 class ParserConfig:
+    """The parser's architecture; saved beside its weights."""
     size: int = 32
     widths: tuple = (32, 64, 96)  # channels after the stem, the 1st and the 2nd downsampling
     hidden: int = 256  # the feature width (FID's feature space)
@@ -135,8 +132,8 @@ class SceneParser(nn.Module):
     def __init__(self, cfg: ParserConfig):
         super().__init__()
         self.cfg = cfg
-        w0, w1, w2 = cfg.widths
-        block = lambda i, o, s: [nn.Conv2d(i, o, 3, s, 1, bias=False), nn.BatchNorm2d(o), nn.ReLU()]  # noqa: E731
+        (w0, w1, w2), norm = cfg.widths, nn.BatchNorm2d
+        block = lambda i, o, s: [nn.Conv2d(i, o, 3, s, 1, bias=False), norm(o), nn.ReLU()]  # noqa: E731
         self.trunk = nn.Sequential(
             nn.Conv2d(3, w0, 2, 2), nn.ReLU(),  # (B, w0, S/2, S/2): sees every pixel once
             *block(w0, w0, 1), *block(w0, w1, 2), *block(w1, w1, 1), *block(w1, w2, 2))
@@ -234,10 +231,11 @@ class Evaluator:
         return x.float()
 
     @torch.no_grad()
-    def _chunked(self, fn, images) -> Tensor:
-        x = self._images(images)
-        return torch.cat([fn(x[i:i + self.chunk].to(self.device)).cpu()
-                          for i in range(0, max(len(x), 1), self.chunk)])  # one empty chunk if no images
+    def _chunked(self, fn, images, *lists) -> Tensor:
+        """fn over chunks of the images (and of `lists` alongside), concatenated on the CPU."""
+        x, c = self._images(images), self.chunk
+        return torch.cat([fn(x[i:i + c].to(self.device), *(v[i:i + c] for v in lists)).cpu()
+                          for i in range(0, max(len(x), 1), c)])  # one empty chunk if no images
 
     def parse(self, images) -> list[world.Scene]:
         """The argmax scene of each image."""
@@ -251,20 +249,17 @@ class Evaluator:
         """(B, F) the parser's penultimate activations: FID's feature space."""
         return self._chunked(self.parser.features, images)
 
-    @torch.no_grad()
     def clip_score(self, images, texts: list[str]) -> Tensor:
         """(B,) 100 * cos(image embed, text embed) of each (image, text) pair."""
-        x = self._images(images)
-        if len(texts) != len(x):
-            raise ValueError(f"clip_score: {len(x)} images but {len(texts)} texts")
-        scores = []
-        for i in range(0, len(x), self.chunk):
-            tokens = self.tok(texts[i:i + self.chunk], padding=True, truncation=True,
-                              max_length=CLIP_MAX_TOKENS, return_tensors="pt").to(self.device)
-            img = self.clip.get_image_features(pixel_values=x[i:i + self.chunk].to(self.device))
-            txt = self.clip.get_text_features(**tokens)
-            scores.append(100 * F.cosine_similarity(img.pooler_output, txt.pooler_output).cpu())
-        return torch.cat(scores) if scores else torch.zeros(0)
+        if len(texts) != len(images):
+            raise ValueError(f"clip_score: {len(images)} images but {len(texts)} texts")
+        return self._chunked(self._clip_pairs, images, list(texts)) if texts else torch.zeros(0)
+
+    def _clip_pairs(self, x: Tensor, texts: list[str]) -> Tensor:
+        tokens = self.tok(texts, padding=True, truncation=True, max_length=CLIP_MAX_TOKENS,
+                          return_tensors="pt").to(self.device)
+        img = self.clip.get_image_features(pixel_values=x).pooler_output
+        return 100 * F.cosine_similarity(img, self.clip.get_text_features(**tokens).pooler_output)
 
     def save(self, folder: str | Path) -> None:
         """Write the self-describing evaluator folder atomically (temp folder, then rename)."""
@@ -303,7 +298,7 @@ MIN_SCENE_ACCURACY = 0.99  # DESIGN §7: below it the metrics mean nothing and t
 
 
 def _fit(model: nn.Module, loss_at, steps: int, lr: float, name: str) -> None:
-    """AdamW with linear warm-up and cosine decay (reaches >=99% in far fewer steps than a flat lr)."""
+    """AdamW, warm-up + cosine decay (not `train.fit`: no schedule there, and its EMA skips BN stats)."""
     opt = torch.optim.AdamW(model.parameters(), lr=lr, weight_decay=0.01)
     sched = torch.optim.lr_scheduler.LambdaLR(  # 50 warm-up steps keep the transformer stable
         opt, lambda s: min(1.0, (s + 1) / 50) * 0.5 * (1 + math.cos(math.pi * s / steps)))
@@ -361,8 +356,8 @@ def parse_accuracy(parser: SceneParser, cfg, render: TileRenderer) -> dict:
     rng = random.Random(f"holdout/{cfg.seed}")
     scenes = [random_scene(rng, rng.randint(1, 3)) for _ in range(cfg.holdout)]
     x, device = to_tensor(render(scenes)), next(parser.parameters()).device
-    pred = torch.cat([predict(parser.eval(), x[i:i + 500].to(device)).cpu() for i in range(0, len(x), 500)])
-    ok = pred == scene_labels(scenes)  # (N, 6)
+    pred = [predict(parser.eval(), x[i:i + 500].to(device)).cpu() for i in range(0, len(x), 500)]
+    ok = torch.cat(pred) == scene_labels(scenes)  # (N, 6)
     return {"scene_accuracy": ok.all(1).float().mean().item(),
             "cell_accuracy": ok[:, :4].float().mean().item(),
             "background_accuracy": ok[:, 4].float().mean().item(),

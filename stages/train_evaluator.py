@@ -5,11 +5,9 @@ Fails, writing nothing, when the parser reads held-out renders with < 99% scene 
 from __future__ import annotations
 
 import argparse
-import json
-import os
 from pathlib import Path
 
-from pipeline import config, evaluator
+from pipeline import config, evaluator, tracking
 
 
 def main() -> None:
@@ -19,11 +17,11 @@ def main() -> None:
     args = parser.parse_args()
 
     cfg = config.load()
-    metrics = evaluator.train_evaluator(cfg, args.out)
-    args.metrics.parent.mkdir(parents=True, exist_ok=True)
-    tmp = args.metrics.with_name(args.metrics.name + ".tmp")
-    tmp.write_text(json.dumps(metrics, indent=2, sort_keys=True) + "\n")
-    os.replace(tmp, args.metrics)  # never a half-written metrics file
+    params = {"evaluator": cfg.eval.evaluator, "world": cfg.world, "compute": cfg.compute}
+    with tracking.run("train_evaluator", params) as run:
+        metrics = evaluator.train_evaluator(cfg, args.out)
+        tracking.write_metrics(args.metrics, metrics)
+        run.log_metrics(metrics)
     print(f"train_evaluator: scene accuracy {metrics['scene_accuracy']:.4f}, CLIP match "
           f"{metrics['clip_match']:.1f} vs shuffled {metrics['clip_shuffled']:.1f}, "
           f"{metrics['train_seconds']:.0f} s -> {args.out}")

@@ -15,11 +15,16 @@ from pipeline import world
 from pipeline.data import to_tensor
 from tests.conftest import ROOT, tiny_cfg, tiny_raw
 
-TINY_EVAL = {"parser_steps": 1, "clip_steps": 1, "batch_size": 8, "lr": 2e-3, "holdout": 40, "seed": 0}
+TINY_EVAL = {"parser_steps": 1, "clip_steps": 1, "batch_size": 8, "holdout": 40}
 
 
-def _tiny_eval_raw():
-    return tiny_raw()["eval"] | {"evaluator": TINY_EVAL}
+def _tiny_eval_raw(gate: float = E.MIN_SCENE_ACCURACY) -> dict:
+    """params `eval` with a one-step evaluator and the accuracy gate at `gate`."""
+    raw = tiny_raw()["eval"]
+    evaluator = raw["evaluator"] | TINY_EVAL
+    if "min_scene_accuracy" in evaluator:  # once params.yaml has the gate, set it there
+        evaluator["min_scene_accuracy"] = gate
+    return raw | {"evaluator": evaluator}
 
 
 @functools.lru_cache(maxsize=None)
@@ -92,7 +97,8 @@ def test_parser_shapes_and_parse_gives_valid_scenes(untrained):
     r = untrained.realism(x)
     assert r.shape == (5,) and ((r > 0) & (r < 1)).all()
     # uint8 NHWC arrays are accepted as well
-    assert untrained.parse(np.zeros((2, 32, 32, 3), np.uint8)) == untrained.parse(-torch.ones(2, 3, 32, 32))
+    black = np.zeros((2, 32, 32, 3), np.uint8)
+    assert untrained.parse(black) == untrained.parse(-torch.ones(2, 3, 32, 32))
     with pytest.raises(ValueError, match="expected images"):
         untrained.parse(torch.zeros(1, 3, 16, 16))
 
@@ -138,14 +144,19 @@ def test_stage_writes_model_and_metrics_or_nothing(tmp_path, monkeypatch):
 
     from stages import train_evaluator as stage
 
-    (tmp_path / "params.yaml").write_text(yaml.safe_dump(tiny_raw(eval=_tiny_eval_raw())))
+    params = tmp_path / "params.yaml"
+    params.write_text(yaml.safe_dump(tiny_raw(eval=_tiny_eval_raw())))
+    monkeypatch.setenv("MLFLOW_TRACKING_URI", f"sqlite:///{tmp_path}/mlruns/mlflow.db")
+    (tmp_path / "mlruns").mkdir()
     monkeypatch.chdir(tmp_path)
     argv = ["train_evaluator", "--out", "models/evaluator", "--metrics", "metrics/evaluator.json"]
     monkeypatch.setattr(sys, "argv", argv)
     with pytest.raises(RuntimeError, match="scene accuracy"):
         stage.main()
-    assert sorted(p.name for p in tmp_path.iterdir()) == ["params.yaml"]
-    monkeypatch.setattr(E, "MIN_SCENE_ACCURACY", 0.0)  # the gate off: the rest of the stage runs
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["mlruns", "params.yaml"]
+    # The gate off (in params.yaml if it has the key, else the module default): the stage completes.
+    params.write_text(yaml.safe_dump(tiny_raw(eval=_tiny_eval_raw(gate=0.0))))
+    monkeypatch.setattr(E, "MIN_SCENE_ACCURACY", 0.0)
     stage.main()
     metrics = json.loads((tmp_path / "metrics" / "evaluator.json").read_text())
     assert set(metrics) == {"scene_accuracy", "cell_accuracy", "background_accuracy", "style_accuracy",

@@ -36,9 +36,8 @@ def test_geneval_of_mismatched_scenes_is_low():
 def test_geneval_means_categories_not_samples():
     spec = {"category": "single", "objects": [{"shape": "circle"}]}
     good = world.Scene((world.Obj("circle", "red"), None, None, None), "white")
-    scenes, specs = [good] * 3 + [good], [spec] * 3 + [{**spec, "category": "colour",
-                                                         "objects": [{"shape": "square", "color": "red"}]}]
-    mean, by = metrics.geneval(scenes, specs, ["single"] * 3 + ["colour"])
+    miss = {"category": "colour", "objects": [{"shape": "square", "color": "red"}]}
+    mean, by = metrics.geneval([good] * 4, [spec] * 3 + [miss], ["single"] * 3 + ["colour"])
     assert by == {"single": 1.0, "colour": 0.0} and mean == 0.5
 
 
@@ -62,7 +61,7 @@ def test_category_checks():
     with pytest.raises(ValueError, match="unknown categories"):  # an edit category is no T2I one
         metrics.geneval([world.Scene((None,) * 4, "white")], [spec], ["subject_add"])
     with pytest.raises(ValueError, match="categories"):
-        metrics.gedit([world.Scene((None,) * 4, "white")] * 2, [world.Scene((None,) * 4, "white")] * 2, ["x"])
+        metrics.gedit([world.Scene((None,) * 4, "white")], [world.Scene((None,) * 4, "white")], ["x", "y"])
     assert math.isnan(metrics.geneval([], [], [])[0])
 
 
@@ -130,7 +129,8 @@ def test_fid_matches_closed_forms_for_full_covariances():
     q, _ = np.linalg.qr(np.random.default_rng(3).normal(size=(5, 5)))
     va, vb = np.array([1.0, 2.0, 3.0, 0.5, 4.0]), np.array([2.0, 2.0, 1.0, 0.5, 1.0])
     # Commuting covariances (same eigenvectors): the cross term is sum sqrt(va * vb).
-    a, b = _exact(300, np.zeros(5), q @ np.diag(va) @ q.T), _exact(300, np.ones(5), q @ np.diag(vb) @ q.T, 4)
+    a = _exact(300, np.zeros(5), q @ np.diag(va) @ q.T)
+    b = _exact(300, np.ones(5), q @ np.diag(vb) @ q.T, seed=4)
     assert metrics.fid(a, b) == pytest.approx(5 + np.sum((np.sqrt(va) - np.sqrt(vb)) ** 2), rel=1e-8)
     # Non-commuting 2x2: tr sqrt(M) = sqrt(tr M + 2 sqrt(det M)) with M ~ A B.
     ca, cb = np.array([[2.0, 0.8], [0.8, 1.0]]), np.array([[1.0, -0.3], [-0.3, 3.0]])
@@ -183,7 +183,8 @@ def test_trained_evaluator_scores_real_test_renders_as_perfect():
     parsed = ev.parse(np.stack([world.render(s.target) for s in t2i]))
     assert metrics.geneval(parsed, [s.spec for s in t2i], [s.category for s in t2i])[0] >= 0.98
     edits = _edits("local_edit", 120) + _edits("global_edit", 60)
-    targets, sources = (np.stack([world.render(getattr(s, k)) for s in edits]) for k in ("target", "source"))
+    targets = np.stack([world.render(s.target) for s in edits])
+    sources = np.stack([world.render(s.source) for s in edits])
     cats, want = [s.category for s in edits], [s.target for s in edits]
     assert metrics.gedit(ev.parse(targets), want, cats)[0] >= 0.98
     assert metrics.gedit(ev.parse(sources), want, cats)[0] <= 0.02  # doing nothing is no edit
