@@ -41,12 +41,12 @@ TINY = {  # a config small enough for a stage to run in seconds
 }
 
 
-def tiny_raw(**sections) -> dict:
+def tiny_raw(_base: dict | None = TINY, **sections) -> dict:
     """params.yaml with the TINY overrides and then `sections` applied (one level deep)."""
     import yaml
 
     raw = yaml.safe_load((ROOT / "params.yaml").read_text())
-    for name, values in (TINY | sections).items():
+    for name, values in ((_base or {}) | sections).items():
         raw[name] = values if name == "experts" else raw[name] | values
     return raw
 
@@ -55,3 +55,10 @@ def tiny_cfg(**sections):
     from pipeline import config
 
     return config.build(config.Config, tiny_raw(**sections), "tiny: ")
+
+
+def repo_cfg(**sections):
+    """The repository's params.yaml with `sections` applied (no TINY sizes)."""
+    from pipeline import config
+
+    return config.build(config.Config, tiny_raw(None, **sections), "params.yaml: ")

@@ -12,7 +12,7 @@ from pipeline import backbone, distill, flow, train, world
 from pipeline.data import TensorSet
 from pipeline.distill import Method
 from pipeline.fields import RoutedField
-from tests.conftest import tiny_cfg
+from tests.conftest import repo_cfg, tiny_cfg
 
 N, C, S, L, D = 6, 3, 8, 4, 8  # samples, channels, image side, tokens, text dim
 SHIFT = 3.0
@@ -25,6 +25,7 @@ def fake_set(n=N, seed=0) -> TensorSet:
     return TensorSet(
         image=torch.randint(0, 256, (n, C, S, S), generator=g, dtype=torch.uint8),
         source=torch.randint(0, 256, (n, C, S, S), generator=g, dtype=torch.uint8),
+        has_source=task != world.TASKS.index("t2i"),
         text=torch.randn(n, L, D, generator=g).half(),
         pooled=torch.randn(n, D, generator=g).half(),
         task=task,
@@ -369,7 +370,7 @@ def test_a_few_distillation_steps_reduce_the_loss(tmp_path):
 
 
 def test_resolve_method_applies_defaults_and_overrides():
-    cfg = tiny_cfg()
+    cfg = repo_cfg()
     base = distill.resolve_method(cfg, "danceopd")
     assert (base.query, base.queries, base.states, base.routing_mode) == ("low", 1, "on_policy", "hard")
     assert base.rollout_steps == cfg.distill.rollout_steps and base.lr == cfg.distill.lr
@@ -377,7 +378,7 @@ def test_resolve_method_applies_defaults_and_overrides():
     assert (dense.queries, dense.query, dense.weighting) == (16, "uniform", "diffusionopd")
     assert distill.resolve_method(cfg, "soft").routing_mode == "soft"
     assert distill.resolve_method(cfg, "offpolicy").states == "off_policy"
-    mid = tiny_cfg(distill={"query": "mid"})  # `-S distill.query=mid` reaches every non-overriding method
+    mid = repo_cfg(distill={"query": "mid"})  # `-S distill.query=mid` reaches every non-overriding method
     assert distill.resolve_method(mid, "danceopd").query == "mid"
     assert distill.resolve_method(mid, "dense").query == "uniform"
 
@@ -393,18 +394,18 @@ def test_resolve_method_applies_defaults_and_overrides():
     ({"lr": "fast"}, "distill.methods.bad.lr"),
 ])
 def test_resolve_method_names_the_bad_key(overrides, where):
-    cfg = tiny_cfg(distill={"methods": {"bad": overrides}})
+    cfg = repo_cfg(distill={"methods": {"bad": overrides}})
     with pytest.raises(ValueError, match=where.replace(".", r"\.")):
         distill.resolve_method(cfg, "bad")
 
 
 def test_resolve_method_rejects_unknown_methods_and_bad_defaults():
     with pytest.raises(ValueError, match=r"distill\.methods\.nope"):
-        distill.resolve_method(tiny_cfg(), "nope")
+        distill.resolve_method(repo_cfg(), "nope")
     with pytest.raises(ValueError, match=r"distill\.query"):
-        distill.resolve_method(tiny_cfg(distill={"query": "median"}), "danceopd")
+        distill.resolve_method(repo_cfg(distill={"query": "median"}), "danceopd")
     with pytest.raises(ValueError, match=r"routing\.mode"):
-        distill.resolve_method(tiny_cfg(routing={"mode": "blend"}), "danceopd")
+        distill.resolve_method(repo_cfg(routing={"mode": "blend"}), "danceopd")
 
 
 def test_bucket_weights_draw_buckets_in_proportion():

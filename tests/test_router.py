@@ -1,4 +1,5 @@
 """pipeline.router: the text -> task classifier on pooled prompt embeddings."""
+import dataclasses
 from types import SimpleNamespace
 
 import pytest
@@ -18,7 +19,7 @@ def prompt_set(encoder, split: str, per_bucket: int) -> TensorSet:
     n = len(samples)
     return TensorSet(
         image=torch.zeros(n, 3, 1, 1, dtype=torch.uint8), source=torch.zeros(n, 3, 1, 1, dtype=torch.uint8),
-        text=torch.from_numpy(text).half(), pooled=torch.from_numpy(pooled).half(),
+        has_source=torch.tensor([s.task != "t2i" for s in samples]), text=torch.from_numpy(text).half(), pooled=torch.from_numpy(pooled).half(),
         task=torch.tensor([world.TASKS.index(s.task) for s in samples]),
         records=[SimpleNamespace(bucket=s.task) for s in samples],
     )
@@ -64,8 +65,7 @@ def test_label_fraction_picks_a_seeded_subset_of_the_right_size():
 def test_training_uses_only_the_labelled_samples(prompts):
     train_set = prompts[0]
     picked = labelled_subset(len(train_set.task), 0.05, seed=0)
-    scrambled = TensorSet(train_set.image, train_set.source, train_set.text, train_set.pooled.clone(),
-                          train_set.task.clone(), train_set.records)
+    scrambled = dataclasses.replace(train_set, pooled=train_set.pooled.clone(), task=train_set.task.clone())
     unlabelled = torch.ones(len(scrambled.task), dtype=torch.bool)
     unlabelled[picked] = False
     scrambled.task[unlabelled] = 0  # wrong labels on the unlabelled samples must change nothing

@@ -5,7 +5,7 @@ import torch
 
 from pipeline import backbone, data, sample, train
 from pipeline.fields import Cond
-from tests.conftest import tiny_cfg
+from tests.conftest import repo_cfg, tiny_cfg
 
 
 @pytest.fixture(scope="module")
@@ -113,8 +113,8 @@ def test_generate_is_seeded_and_guidance_needs_null(shards):
         sample.generate(model, cond, steps=4, shift=3.0, seed=7, guidance=2.0)
 
 
-def test_sft_plan_names(shards):
-    cfg = tiny_cfg()
+def test_sft_plan_names():
+    cfg = repo_cfg()
     assert train.sft_plan(cfg, "base") == (["t2i"], cfg.train.base_steps)
     assert train.sft_plan(cfg, "edit")[0] == ["local_edit", "global_edit"]
     assert train.sft_plan(cfg, "joint")[0] == ["t2i", "local_edit", "global_edit"]
