@@ -57,9 +57,9 @@ class Train:
     grad_clip: float
     ema: float  # EMA decay; 0 = off
     base_steps: int
-    expert_steps: int
     joint_steps: int
-    t_sampling: str  # logit_normal | uniform
+    t_sampling: str  # logit_normal | uniform: the base, trained from scratch
+    finetune_t_sampling: str  # the same, for the models fine-tuned from base (experts, joint)
     drop_text: float  # condition dropout probabilities (for CFG)
     drop_source: float
     checkpoint_every: int
@@ -70,6 +70,7 @@ class Train:
 @dataclasses.dataclass(frozen=True)
 class Expert:
     buckets: list[str]  # the buckets it is fine-tuned on
+    steps: int  # its fine-tuning budget (edits need ~1500 steps at batch 64; realism ~400)
 
 
 @dataclasses.dataclass(frozen=True)

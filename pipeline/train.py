@@ -52,15 +52,20 @@ def fingerprint(*parts) -> str:
     return hashlib.sha256(blob).hexdigest()[:16]
 
 
-def flow_matching_loss(data: TensorSet, train_cfg, null: tuple[Tensor, Tensor], device: torch.device) -> LossFn:
-    """The SFT objective: velocity MSE on forward-noised data, with condition dropout for CFG."""
+def flow_matching_loss(data: TensorSet, train_cfg, null: tuple[Tensor, Tensor], device: torch.device,
+                       t_sampling: str | None = None) -> LossFn:
+    """The SFT objective: velocity MSE on forward-noised data, with condition dropout for CFG.
+
+    t is drawn by `t_sampling` (default `train.t_sampling`, the from-scratch base's density).
+    """
+    t_sampling = t_sampling or train_cfg.t_sampling
     null_text, null_pooled = null
 
     def loss(model: nn.Module, gen: torch.Generator) -> Tensor:
         b = train_cfg.batch_size
         x, cond = data.batch(torch.randint(len(data), (b,), generator=gen))  # (B, 3, H, W)
         noise = torch.randn(x.shape, generator=gen)
-        t = flow.sample_t(b, train_cfg.t_sampling, generator=gen)  # (B,)
+        t = flow.sample_t(b, t_sampling, generator=gen)  # (B,)
         drop_text = torch.rand(b, generator=gen) < train_cfg.drop_text  # (B,)
         drop_source = torch.rand(b, generator=gen) < train_cfg.drop_source
         cond.text[drop_text] = null_text  # the null condition CFG needs at sampling time
@@ -168,14 +173,15 @@ def finish(work: Path) -> None:
 SFT_TASK_BUCKETS = ["t2i", "local_edit", "global_edit"]
 
 
-def sft_plan(cfg, name: str) -> tuple[list[str], int]:
-    """(buckets, steps) of the SFT model `name`: base, an expert name, or joint."""
+def sft_plan(cfg, name: str) -> tuple[list[str], int, str]:
+    """(buckets, steps, t sampling) of the SFT model `name`: base, an expert name, or joint."""
     if name == "base":
-        return ["t2i"], cfg.train.base_steps
+        return ["t2i"], cfg.train.base_steps, cfg.train.t_sampling
+    tune = cfg.train.finetune_t_sampling  # experts and joint start from base
     if name in cfg.experts:
-        return cfg.experts[name].buckets, cfg.train.expert_steps
+        return cfg.experts[name].buckets, cfg.experts[name].steps, tune
     if name == "joint":  # the multi-task SFT baseline on every routed bucket
-        return SFT_TASK_BUCKETS + (["realism"] if cfg.fields.realism else []), cfg.train.joint_steps
+        return SFT_TASK_BUCKETS + (["realism"] if cfg.fields.realism else []), cfg.train.joint_steps, tune
     raise ValueError(f"train: unknown model {name!r}; expected base, joint or one of experts {sorted(cfg.experts)}")
 
 
@@ -185,11 +191,11 @@ def train_sft(cfg, name: str, shards: Path, out: Path, init: Path | None, on_log
     from pipeline.sample import preview
 
     device = setup_compute(cfg.compute)
-    buckets, steps = sft_plan(cfg, name)
+    buckets, steps, t_sampling = sft_plan(cfg, name)
     train_set = data.load_tensors(shards, buckets, "train")
     null = data.read_null(shards)
     model = backbone.load(init) if init else new_model(cfg, train_set.text.shape[-1])
-    loss_fn = flow_matching_loss(train_set, cfg.train, null, device)
+    loss_fn = flow_matching_loss(train_set, cfg.train, null, device, t_sampling)
     if cfg.compute.compile:  # the GPU path; the uncompiled module is what gets saved
         compiled = torch.compile(model.to(device))
         sft_loss, loss_fn = loss_fn, lambda _model, gen: sft_loss(compiled, gen)

@@ -28,7 +28,7 @@ def encoder():
 TINY = {  # a config small enough for a stage to run in seconds
     "data": {"train_per_bucket": 12, "test_per_bucket": 6, "shard_size": 8},
     "model": {"size": "tiny"},
-    "train": {"batch_size": 4, "base_steps": 4, "expert_steps": 2, "joint_steps": 2, "checkpoint_every": 2,
+    "train": {"batch_size": 4, "base_steps": 4, "joint_steps": 2, "checkpoint_every": 2,
               "log_every": 1},
     "eval": {"count": 6, "steps": 2,
              "evaluator": {"parser_steps": 2, "clip_steps": 2, "batch_size": 8, "lr": 2.0e-3, "holdout": 40,
@@ -37,7 +37,7 @@ TINY = {  # a config small enough for a stage to run in seconds
     "distill": {"rollout_steps": 4, "steps": 2, "batch_size": 2,
                 "methods": {"danceopd": {}, "dense": {"queries": 4, "query": "uniform", "weighting": "diffusionopd"}}},
     # Two experts and two methods keep the end-to-end run short; the others are the same code paths.
-    "experts": {"local_edit": {"buckets": ["local_edit"]}, "global_edit": {"buckets": ["global_edit"]}},
+    "experts": {"local_edit": {"buckets": ["local_edit"], "steps": 2}, "global_edit": {"buckets": ["global_edit"], "steps": 2}},
 }
 
 

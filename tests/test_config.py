@@ -57,7 +57,7 @@ def test_missing_section_is_named(tmp_path):
     (("fields", "cfg"), "yes", r"fields.cfg: expected bool"),
     (("world", "size"), True, r"world.size: expected int"),
     (("routing", "weights"), [1, 2], r"routing.weights: expected a mapping"),
-    (("experts",), {"local_edit": {"buckets": "local_edit"}}, r"experts.local_edit.buckets: expected a list"),
+    (("experts",), {"local_edit": {"buckets": "local_edit", "steps": 2}}, r"experts.local_edit.buckets: expected a list"),
 ])
 def test_wrong_type_is_named(tmp_path, key, value, match):
     raw = copy.deepcopy(_raw())

@@ -115,7 +115,8 @@ def test_generate_is_seeded_and_guidance_needs_null(shards):
 
 def test_sft_plan_names():
     cfg = repo_cfg()
-    assert train.sft_plan(cfg, "base") == (["t2i"], cfg.train.base_steps)
+    assert train.sft_plan(cfg, "base") == (["t2i"], cfg.train.base_steps, cfg.train.t_sampling)
+    assert train.sft_plan(cfg, "edit")[1:] == (cfg.experts["edit"].steps, cfg.train.finetune_t_sampling)
     assert train.sft_plan(cfg, "edit")[0] == ["local_edit", "global_edit"]
     assert train.sft_plan(cfg, "joint")[0] == ["t2i", "local_edit", "global_edit"]
     with pytest.raises(ValueError, match="unknown model 'bogus'"):
