@@ -375,7 +375,9 @@ def test_resolve_method_applies_defaults_and_overrides():
     assert (base.query, base.queries, base.states, base.routing_mode) == ("low", 1, "on_policy", "hard")
     assert base.rollout_steps == cfg.distill.rollout_steps and base.lr == cfg.distill.lr
     dense = distill.resolve_method(cfg, "dense")
-    assert (dense.queries, dense.query, dense.weighting) == (16, "uniform", "diffusionopd")
+    overrides = cfg.distill.methods["dense"]  # params.yaml: dense: {queries: K, query: uniform, ...}
+    assert (dense.queries, dense.query, dense.weighting) == (overrides["queries"], "uniform", "diffusionopd")
+    assert dense.queries > 1 and dense.steps == cfg.distill.steps
     assert distill.resolve_method(cfg, "soft").routing_mode == "soft"
     assert distill.resolve_method(cfg, "offpolicy").states == "off_policy"
     mid = repo_cfg(distill={"query": "mid"})  # `-S distill.query=mid` reaches every non-overriding method
