@@ -10,8 +10,9 @@ import time
 
 import torch
 
-from pipeline import backbone, config, flow
-from pipeline.fields import Cond
+from pipeline import config
+from pipeline.core import backbone, flow
+from pipeline.core.fields import Cond
 
 
 def timed(fn, repeats: int) -> float:
@@ -23,20 +24,20 @@ def timed(fn, repeats: int) -> float:
 
 
 def main() -> None:
-    cfg = config.load()
+    params = config.load()
     parser = argparse.ArgumentParser(description=__doc__)
-    parser.add_argument("--size", default=cfg.model.size)
-    parser.add_argument("--patch-size", type=int, default=cfg.model.patch_size)
-    parser.add_argument("--batch-size", type=int, default=cfg.train.batch_size)
+    parser.add_argument("--size", default=params.model.size)
+    parser.add_argument("--patch-size", type=int, default=params.model.patch_size)
+    parser.add_argument("--batch-size", type=int, default=params.train.batch_size)
     parser.add_argument("--repeats", type=int, default=5)
     args = parser.parse_args()
 
     torch.manual_seed(0)
-    size, b = cfg.world.size, args.batch_size
+    size, b = params.world.size, args.batch_size
     model = backbone.build(args.size, args.patch_size, size, 384)
     opt = torch.optim.AdamW(model.parameters(), lr=1e-4)
     x, noise = torch.randn(b, 3, size, size), torch.randn(b, 3, size, size)
-    cond = Cond(torch.randn(b, cfg.text.max_tokens, 384), torch.randn(b, 384), torch.randn(b, 3, size, size))
+    cond = Cond(torch.randn(b, params.text.max_tokens, 384), torch.randn(b, 384), torch.randn(b, 3, size, size))
 
     def sft_step():
         t = flow.sample_t(b)

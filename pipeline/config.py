@@ -1,146 +1,263 @@
-"""Strict, typed loader of params.yaml.
+"""Strict, typed loader of params.yaml: the single validator of every parameter.
 
-Each section of params.yaml is a dataclass below; `load()` returns a `Config` holding one of each.
-An unknown key, a missing key or a value of the wrong type is a `ConfigError` naming the file and
-the dotted key (``params.yaml: distill.query: ...``), so a typo in `dvc exp run -S` fails at once
-instead of silently running the default. Defaults live in params.yaml only: no field here has one.
+Each section of params.yaml is a pydantic model below; `load()` returns a `Config` holding one of
+each. Everything is checked once, at load, before a stage does any work: an unknown or missing
+key, a value of the wrong type (no coercion: ``"2"`` is not an int), an enum value outside its
+choices, a number out of range, and the cross-section rules in `_check` (a field or init that
+names no source model, a method whose K exceeds R, a route without a weight). A `ConfigError`
+lists every problem, each naming the file and the dotted key (``params.yaml: distill.query:
+...``), so a typo in `dvc exp run -S` fails at once instead of silently running the default.
+Defaults live in params.yaml only: no field here has one.
+
+Names: Python attributes spell the guidance knobs ``fields.absorb_guidance`` and
+``fields.guidance_scale``; their params.yaml keys stay ``fields.cfg`` and ``fields.cfg_scale``
+(the model card's interface: ``dvc exp run -S fields.cfg=true``).
+
+Methods: ``distill.methods.<name>`` holds overrides of the ``distill`` keys (and of
+``routing.mode`` as ``routing_mode``); they are resolved here into complete `Method`s
+(`Config.method`), so no other module validates a choice.
+
+Tracing: with ``DANCEOPD_PARAMS_TRACE=<dir>`` in the environment, each process records the
+dotted params keys its code reads (a resolved method's value counts as a read of the key it came
+from) and writes them to ``<dir>`` at exit. The tests run the tiny pipeline that way and check
+each stage's ``params:`` in dvc.yaml against what its code read.
 """
 from __future__ import annotations
 
-import dataclasses
-import types
+import atexit
+import hashlib
+import json
+import os
+import sys
 import typing
 from pathlib import Path
-from typing import Any, Union
+from typing import Annotated, Any, Literal
 
 import yaml
+from pydantic import BaseModel, ConfigDict, Field, PrivateAttr, ValidationError
+
+from pipeline.data import world
+
+TRACE_ENV = "DANCEOPD_PARAMS_TRACE"
+_read: set[str] | None = None  # the keys read in this process, while tracing
+
+Positive = Annotated[int, Field(gt=0)]
+NonNegative = Annotated[int, Field(ge=0)]
+PositiveFloat = Annotated[float, Field(gt=0)]
+Probability = Annotated[float, Field(ge=0, le=1)]
+# The buckets of curated data: the world's, and "external" (pipeline.data.external's ingest).
+Bucket = Literal[world.BUCKETS + ("external",)]
+ModelSize = Literal["tiny", "S", "M", "B"]  # pipeline.core.backbone.SIZES (a test keeps them equal)
+TSampling = Literal["logit_normal", "uniform"]
+Query = Literal["low", "mid", "high", "uniform"]
+Weighting = Literal["mean", "diffusionopd"]
+States = Literal["on_policy", "off_policy"]
+RoutingMode = Literal["hard", "soft"]
 
 
 class ConfigError(ValueError):
     """A params file that does not match the schema."""
 
 
-@dataclasses.dataclass(frozen=True)
-class World:
-    size: int  # canvas side in pixels; the 2x2 grid of cells scales with it
+class Section(BaseModel):
+    """A params section: strict, frozen, no unknown keys; records reads while tracing."""
+
+    model_config = ConfigDict(extra="forbid", strict=True, frozen=True)
+    _where: str = PrivateAttr(default="")  # this section's dotted key
+    _origins: dict[str, str] = PrivateAttr(default_factory=dict)  # field -> the key it came from
+
+    def __getattribute__(self, name: str) -> Any:
+        value = super().__getattribute__(name)
+        if _read is None or name.startswith("_") or name not in type(self).model_fields:
+            return value
+        key = type(self).model_fields[name].alias or name  # the params.yaml spelling
+        where = self._origins.get(name) or (f"{self._where}.{key}" if self._where else key)
+        if isinstance(value, Section):
+            return value  # it records its own leaves
+        if isinstance(value, dict) and value and all(isinstance(v, Section) for v in value.values()):
+            return _TracedSections(value, where)
+        _read.add(where)
+        return value
 
 
-@dataclasses.dataclass(frozen=True)
-class Data:
-    train_per_bucket: int  # samples per bucket (t2i, local_edit, global_edit, realism) and split
-    test_per_bucket: int
-    shard_size: int  # samples per webdataset shard
+class _TracedSections(dict):
+    """A name -> section mapping that records the whole key when its set of names is read."""
+
+    def __init__(self, items: dict, where: str):
+        super().__init__(items)
+        self._where = where
+
+    def _all(self) -> None:
+        _read.add(self._where)
+
+    def __iter__(self):
+        self._all()
+        return super().__iter__()
+
+    def __len__(self) -> int:
+        self._all()
+        return super().__len__()
+
+    def __contains__(self, key) -> bool:
+        self._all()
+        return super().__contains__(key)
+
+    def keys(self):
+        self._all()
+        return super().keys()
+
+    def items(self):
+        self._all()
+        return super().items()
+
+    def values(self):
+        self._all()
+        return super().values()
+
+
+class World(Section):
+    size: Positive  # canvas side in pixels; the 2x2 grid of cells scales with it
+
+
+class Data(Section):
+    train_per_bucket: Positive  # samples per bucket (t2i, local_edit, global_edit, realism) and split
+    test_per_bucket: Positive
+    shard_size: Positive  # samples per webdataset shard
     external_csv: str  # "" = none; else a CSV (uid,task,prompt,source_image,target_image)
-    external_test_fraction: float  # share of external rows (by hash of uid) that go to test
+    external_test_fraction: Probability  # share of external rows (by hash of uid) that go to test
 
 
-@dataclasses.dataclass(frozen=True)
-class Text:
+class Text(Section):
     encoder: str  # "minilm" = the packaged all-MiniLM-L6-v2, or a local transformers folder
-    max_tokens: int  # token embeddings are padded/truncated to this length
-    batch_size: int
+    max_tokens: Positive  # token embeddings are padded/truncated to this length
+    batch_size: Positive
 
 
-@dataclasses.dataclass(frozen=True)
-class Model:
-    size: str  # a name from backbone.SIZES
-    patch_size: int
-    shift: float  # SD3 time shift of the sampling grid
+class Model(Section):
+    size: ModelSize
+    patch_size: Positive
+    shift: PositiveFloat  # SD3 time shift of the sampling grid
     pretrained: str  # "" = build from `size`; else a local diffusers transformer folder
 
 
-@dataclasses.dataclass(frozen=True)
-class Train:
-    batch_size: int
-    lr: float
-    weight_decay: float
-    grad_clip: float
-    ema: float  # EMA decay; 0 = off
-    base_steps: int
-    joint_steps: int
-    t_sampling: str  # logit_normal | uniform: the base, trained from scratch
-    finetune_t_sampling: str  # the same, for the models fine-tuned from base (experts, joint)
-    drop_text: float  # condition dropout probabilities (for CFG)
-    drop_source: float
-    checkpoint_every: int
-    log_every: int
+class Train(Section):
+    batch_size: Positive
+    grad_accum: Positive  # micro-batches of batch_size per optimizer step
+    lr: PositiveFloat
+    weight_decay: Annotated[float, Field(ge=0)]
+    grad_clip: PositiveFloat
+    ema: Annotated[float, Field(ge=0, lt=1)]  # EMA decay; 0 = off
+    base_steps: Positive
+    joint_steps: Positive
+    t_sampling: TSampling  # the base, trained from scratch
+    finetune_t_sampling: TSampling  # the models fine-tuned from base (experts, joint)
+    drop_text: Probability  # condition dropout probabilities (for CFG)
+    drop_source: Probability
+    checkpoint_every: Positive
+    log_every: Positive
     seed: int
 
 
-@dataclasses.dataclass(frozen=True)
-class Expert:
-    buckets: list[str]  # the buckets it is fine-tuned on
-    steps: int  # its fine-tuning budget (edits need ~1500 steps at batch 64; realism ~400)
+class Expert(Section):
+    buckets: Annotated[list[Bucket], Field(min_length=1)]  # the buckets it is fine-tuned on
+    steps: Positive  # its fine-tuning budget (edits need ~1500 steps at batch 64; realism ~400)
 
 
-@dataclasses.dataclass(frozen=True)
-class Router:
-    label_fraction: float  # share of training prompts whose task label the router may see
-    steps: int
-    lr: float
+class Router(Section):
+    label_fraction: Annotated[float, Field(gt=0, le=1)]  # share of training prompts whose label it sees
+    steps: Positive
+    lr: PositiveFloat
     seed: int  # which prompts are labelled, and the router's initial weights
 
 
-@dataclasses.dataclass(frozen=True)
-class Fields:
-    t2i: str  # model names: "base", an expert name, or "" for none
+class Fields(Section):
+    # One per world bucket: the source model ("base" or an expert) whose field supervises that
+    # bucket's route; realism may be "" (no realism route).
+    t2i: str
     local_edit: str
     global_edit: str
     realism: str
-    cfg: bool  # teacher target = guided field at cfg_scale (CFG absorption)
-    cfg_scale: float
+    absorb_guidance: bool = Field(alias="cfg")  # teacher target = guided field (CFG absorption)
+    guidance_scale: PositiveFloat = Field(alias="cfg_scale")
 
 
-@dataclasses.dataclass(frozen=True)
-class Routing:
-    mode: str  # hard | soft
-    source: str  # router | label
-    weights: dict[str, float]  # per bucket
+class Routing(Section):
+    mode: RoutingMode
+    source: Literal["router", "label"]  # the router's prediction, or the true task
+    weights: dict[Bucket, Annotated[float, Field(ge=0)]]  # route sampling weights, per bucket
 
 
-@dataclasses.dataclass(frozen=True)
-class Distill:
-    init: str  # local_edit | base | any model name
-    rollout_steps: int
-    query: str  # low | mid | high | uniform
-    queries: int  # K states per rollout
-    weighting: str  # mean | diffusionopd
-    states: str  # on_policy | off_policy
-    steps: int
-    batch_size: int
-    lr: float
-    methods: dict[str, dict[str, Any]]  # method name -> overrides of the keys above
+class MethodOverrides(Section):
+    """What ``distill.methods.<name>`` may override (every key optional)."""
+
+    init: str | None = None
+    rollout_steps: Positive | None = None
+    query: Query | None = None
+    queries: Positive | None = None
+    weighting: Weighting | None = None
+    states: States | None = None
+    routing_mode: RoutingMode | None = None
+    steps: Positive | None = None
+    batch_size: Positive | None = None
+    grad_accum: Positive | None = None
+    lr: PositiveFloat | None = None
 
 
-@dataclasses.dataclass(frozen=True)
-class Evaluator:
-    parser_steps: int  # scene-parser training steps on fresh renders
-    clip_steps: int  # domain-CLIP contrastive training steps
-    batch_size: int
-    lr: float
-    holdout: int  # held-out renders that measure scene_accuracy
+class Distill(Section):
+    init: str  # the model the students start from: base or an expert name
+    rollout_steps: Positive  # R: Euler steps of the student rollout (= query candidates)
+    query: Query  # low: Beta(5,2) over rollout indices; mid: Beta(5,5); high: Beta(2,5); uniform
+    queries: Positive  # K states per rollout
+    weighting: Weighting  # K>1: mean of the K losses, or diffusionopd: 0.5/R^2 * their sum
+    states: States  # on_policy | off_policy (forward-noised data at the query t)
+    steps: Positive
+    batch_size: Positive
+    grad_accum: Positive
+    lr: PositiveFloat
+    methods: dict[str, MethodOverrides | None]  # method name -> overrides of the keys above
+
+
+class Method(Section):
+    """One distillation recipe, resolved: the ``distill`` keys and ``routing.mode`` with its overrides."""
+
+    init: str
+    rollout_steps: Positive
+    query: Query
+    queries: Positive
+    weighting: Weighting
+    states: States
+    routing_mode: RoutingMode
+    steps: Positive
+    batch_size: Positive
+    grad_accum: Positive
+    lr: PositiveFloat
+
+
+class Evaluator(Section):
+    parser_steps: Positive  # scene-parser training steps on fresh renders
+    clip_steps: Positive  # domain-CLIP contrastive training steps
+    batch_size: Positive
+    lr: PositiveFloat
+    holdout: Positive  # held-out renders that measure scene_accuracy
     seed: int
-    min_scene_accuracy: float  # held-out scene accuracy below which the stage fails (DESIGN §7)
+    min_scene_accuracy: Probability  # held-out scene accuracy below which the stage fails (DESIGN §7)
 
 
-@dataclasses.dataclass(frozen=True)
-class Eval:
-    count: int  # test samples per bucket
-    steps: int  # Euler steps
-    guidance: float  # CFG scale at sampling time
+class Eval(Section):
+    count: Positive  # test samples per bucket
+    steps: Positive  # Euler steps
+    guidance: PositiveFloat  # CFG scale at sampling time
     seed: int
     evaluator: Evaluator
 
 
-@dataclasses.dataclass(frozen=True)
-class Compute:
-    device: str  # auto | cpu | cuda
-    threads: int  # torch intra-op threads; 0 = torch's default
+class Compute(Section):
+    device: Literal["auto", "cpu", "cuda"]  # auto: cuda when available
+    threads: NonNegative  # torch intra-op threads; 0 = torch's default
     compile: bool
 
 
-@dataclasses.dataclass(frozen=True)
-class Config:
+class Config(Section):
     world: World
     data: Data
     text: Text
@@ -153,6 +270,17 @@ class Config:
     distill: Distill
     eval: Eval
     compute: Compute
+    _methods: dict[str, Method] = PrivateAttr(default_factory=dict)
+
+    def method(self, name: str) -> Method:
+        """The resolved method ``distill.methods.<name>``."""
+        if name not in self._methods:
+            raise ConfigError(f"distill.methods.{name}: unknown method (expected one of {sorted(self._methods)})")
+        return self._methods[name]
+
+    def sources(self) -> list[str]:
+        """The names of the source models a field or a student init may name: base and the experts."""
+        return ["base", *self.experts]
 
 
 def load(path: str | Path = "params.yaml") -> Config:
@@ -162,57 +290,124 @@ def load(path: str | Path = "params.yaml") -> Config:
         raw = yaml.safe_load(path.read_text())
     except (OSError, yaml.YAMLError) as err:
         raise ConfigError(f"{path}: cannot read: {err}") from err
-    return build(Config, raw, f"{path}: ")
+    return parse(raw, str(path))
 
 
-def build(cls: Any, value: Any, where: str) -> Any:
-    """Convert `value` to type `cls`, naming `where` (a dotted key) in any error."""
-    origin = typing.get_origin(cls)
-    if dataclasses.is_dataclass(cls):
-        return _build_dataclass(cls, value, where)
-    if origin in (Union, types.UnionType):
-        errors = []
-        for option in typing.get_args(cls):
-            try:
-                return build(option, value, where)
-            except ConfigError as err:
-                errors.append(str(err))
-        raise ConfigError(errors[-1])
-    if origin is list:
-        (item,) = typing.get_args(cls)
-        _expect(isinstance(value, list), where, "a list", value)
-        return [build(item, v, f"{where}[{i}]") for i, v in enumerate(value)]
-    if origin is dict:
-        key_t, val_t = typing.get_args(cls)
-        _expect(isinstance(value, dict), where, "a mapping", value)
-        return {build(key_t, k, where): build(val_t, v, f"{where}.{k}") for k, v in value.items()}
-    return _build_scalar(cls, value, where)
+def parse(raw: Any, source: str) -> Config:
+    """Validate the parsed YAML ``raw``; errors name ``source`` and the dotted key."""
+    try:
+        cfg = Config.model_validate(raw)
+    except ValidationError as err:
+        raise ConfigError(_describe(err, source)) from err
+    problems = _check(cfg)
+    cfg._methods.update({name: _resolve(cfg, name, problems) for name in cfg.distill.methods})
+    if problems:
+        raise ConfigError(_listed(source, problems))
+    _locate(cfg, "")
+    _start_trace()
+    return cfg
 
 
-def _build_dataclass(cls: Any, value: Any, where: str) -> Any:
-    _expect(isinstance(value, dict), where.rstrip("."), "a mapping", value)
-    hints = typing.get_type_hints(cls)
-    names = [f.name for f in dataclasses.fields(cls)]
-    prefix = where if where.endswith(": ") else where + "."
-    unknown = sorted(set(value) - set(names))
-    missing = [n for n in names if n not in value]
-    if unknown:
-        raise ConfigError(f"{prefix}{unknown[0]}: unknown key (expected one of {names})")
-    if missing:
-        raise ConfigError(f"{prefix}{missing[0]}: missing key")
-    return cls(**{n: build(hints[n], value[n], prefix + n) for n in names})
+def _check(cfg: Config) -> list[str]:
+    """The rules that span keys: every named model exists, every route has a weight."""
+    sources, problems = cfg.sources(), []
+    routes = []  # a route per bucket whose field names a model (pipeline.core.teacher.routes); each task needs one
+    for bucket in world.BUCKETS:
+        name = getattr(cfg.fields, bucket)
+        if (name or bucket in world.TASKS) and name not in sources:
+            problems.append(f"fields.{bucket}: {name!r} is not a source model (expected one of {sources})")
+        routes += [bucket] if name else []
+    if cfg.distill.init not in sources:
+        problems.append(f"distill.init: {cfg.distill.init!r} is not a source model (expected one of {sources})")
+    for route in routes:
+        if route not in cfg.routing.weights:
+            problems.append(f"routing.weights.{route}: missing weight for route {route!r}")
+    if not problems and sum(cfg.routing.weights.values()) <= 0:
+        problems.append("routing.weights: every weight is 0")
+    return problems
 
 
-def _build_scalar(cls: Any, value: Any, where: str) -> Any:
-    if cls is Any:
-        return value
-    if cls is float and isinstance(value, int) and not isinstance(value, bool):
-        return float(value)  # YAML writes 1.0 as 1 after `dvc exp run -S x=1`
-    ok = isinstance(value, cls) and not (cls is int and isinstance(value, bool))
-    _expect(ok, where, cls.__name__, value)
-    return value
+def _resolve(cfg: Config, name: str, problems: list[str]) -> Method:
+    """``distill`` (and ``routing.mode``) with the overrides of method ``name``."""
+    values = {key: getattr(cfg.distill, key) for key in Method.model_fields if key != "routing_mode"}
+    values["routing_mode"] = cfg.routing.mode
+    origins = {key: f"distill.{key}" for key in values} | {"routing_mode": "routing.mode"}
+    overrides = cfg.distill.methods[name]
+    for key in overrides.model_fields_set if overrides is not None else ():
+        values[key], origins[key] = getattr(overrides, key), f"distill.methods.{name}.{key}"
+    if values["init"] not in cfg.sources():
+        problems.append(f"{origins['init']}: {values['init']!r} is not a source model")
+    if values["queries"] > values["rollout_steps"]:
+        problems.append(f"{origins['queries']}: {values['queries']} queries but only {values['rollout_steps']} "
+                        f"rollout states ({origins['rollout_steps']})")
+    method = Method.model_validate(values)
+    method._origins.update(origins)
+    return method
 
 
-def _expect(ok: bool, where: str, what: str, value: Any) -> None:
-    if not ok:
-        raise ConfigError(f"{where}: expected {what}, got {value!r}")
+def _locate(section: Section, where: str) -> None:
+    """Give every section its dotted key (for tracing)."""
+    section._where = where
+    for name, field in type(section).model_fields.items():
+        value = section.__dict__[name]
+        key = f"{where}.{field.alias or name}" if where else name
+        if isinstance(value, Section):
+            _locate(value, key)
+        elif isinstance(value, dict):
+            for k, v in value.items():
+                if isinstance(v, Section):
+                    _locate(v, f"{key}.{k}")
+    for name, method in getattr(section, "_methods", {}).items():
+        _locate(method, f"distill.methods.{name}")
+
+
+def _describe(err: ValidationError, source: str) -> str:
+    lines = []
+    for e in err.errors():
+        key = "".join(f"[{p}]" if isinstance(p, int) else f".{p}" for p in e["loc"]).lstrip(".")
+        if e["type"] == "extra_forbidden":
+            expected = _keys_at(e["loc"][:-1])
+            lines.append(f"{key}: unknown key" + (f" (expected one of {expected})" if expected else ""))
+        elif e["type"] == "missing":
+            lines.append(f"{key}: missing key")
+        else:
+            lines.append(f"{key}: {e['msg']}, got {e['input']!r}")
+    return _listed(source, lines)
+
+
+def _keys_at(loc: tuple) -> list[str]:
+    """The keys allowed at the section ``loc`` (by walking the model classes), or [] if unknown."""
+    cls: Any = Config
+    for part in loc:
+        if isinstance(cls, type) and issubclass(cls, Section) and part in cls.model_fields:
+            cls = cls.model_fields[part].annotation
+        elif typing.get_origin(cls) is dict:
+            cls = typing.get_args(cls)[1]
+        else:
+            return []
+        cls = next((a for a in typing.get_args(cls) if isinstance(a, type) and issubclass(a, Section)), cls)
+    if not (isinstance(cls, type) and issubclass(cls, Section)):
+        return []
+    return [f.alias or name for name, f in cls.model_fields.items()]
+
+
+def _listed(source: str, problems: list[str]) -> str:
+    problems = list(dict.fromkeys(problems))  # a bad default is reported once, not once per method
+    if len(problems) == 1:
+        return f"{source}: {problems[0]}"
+    return f"{source}: {len(problems)} problems:\n" + "\n".join(f"  {source}: {p}" for p in problems)
+
+
+def _start_trace() -> None:
+    global _read
+    folder = os.environ.get(TRACE_ENV)
+    if folder and _read is None:
+        _read = set()
+        atexit.register(_write_trace, Path(folder))
+
+
+def _write_trace(folder: Path) -> None:
+    argv = sys.orig_argv[1:]
+    folder.mkdir(parents=True, exist_ok=True)
+    name = hashlib.sha256(json.dumps(argv).encode()).hexdigest()[:16]
+    (folder / f"{name}.json").write_text(json.dumps({"argv": argv, "read": sorted(_read or ())}, indent=1))

@@ -5,7 +5,7 @@ import json
 import math
 from pathlib import Path
 
-from pipeline import world
+from pipeline.data import world
 
 GEDIT_HEADERS = {"subject_add": "subj-add", "subject_replace": "subj-rep", "background_change": "bg-chg",
                  "style_change": "style-chg", "colour_alter": "color-alt", "subject_remove": "subj-rem"}
@@ -13,24 +13,39 @@ COLUMNS = [("gedit", "GEdit"), ("geneval", "GenEval"), ("fid", "FID ↓"), ("cli
            ("preservation", "PSNR keep"), ("realism", "realism"), ("nfe", "NFE"), ("sec_per_image", "ms/img")]
 
 
-def model_order(cfg) -> list[tuple[str, str]]:
+def model_order(experts, methods) -> list[tuple[str, str]]:
     """(group, model) rows: the sources, the routed teacher, the baselines, then each student."""
-    return ([("source", "base")] + [("source", e) for e in cfg.experts]
+    return ([("source", "base")] + [("source", e) for e in experts]
             + [("teacher", "teacher"), ("teacher", "teacher_cfg"), ("baseline", "joint"), ("baseline", "merge")]
-            + [("student", m) for m in cfg.distill.methods])
+            + [("student", m) for m in methods])
 
 
-def collect(cfg, metrics_dir: Path) -> dict:
-    """Everything the report shows, as one JSON-able dict (models without metrics are skipped)."""
+def collect(order: list[tuple[str, str]], eval_dir: Path, evaluator: Path, router: Path, fields) -> dict:
+    """Everything the report shows, as one JSON-able dict (models without metrics are skipped).
+
+    `eval_dir` holds one `<model>.json` per evaluated model; `evaluator` and `router` are their
+    stages' metrics files; `fields` says whether (and at which scale) CFG was absorbed.
+    """
     rows = []
-    for group, name in model_order(cfg):
-        path = metrics_dir / f"{name}.json"
+    for group, name in order:
+        path = eval_dir / f"{name}.json"
         if path.exists():
             rows.append({"model": name, "group": group} | json.loads(path.read_text()))
-    extra = {n: json.loads((metrics_dir / f"{n}.json").read_text())
-             for n in ("evaluator", "router") if (metrics_dir / f"{n}.json").exists()}
-    return {"evaluator": extra.get("evaluator", {}), "router": extra.get("router", {}), "models": rows,
-            "cfg_absorbed": cfg.fields.cfg, "cfg_scale": cfg.fields.cfg_scale}
+    read = lambda path: json.loads(path.read_text()) if path.exists() else {}  # noqa: E731
+    return {"evaluator": read(evaluator), "router": read(router), "models": rows,
+            "cfg_absorbed": fields.absorb_guidance, "cfg_scale": fields.guidance_scale}
+
+
+FILES = ("results.md", "results.json", "scores.png")
+
+
+def write(results: dict, out: Path) -> list[Path]:
+    """`FILES` in `out`: the markdown table, the JSON behind it and the plot."""
+    out.mkdir(parents=True, exist_ok=True)
+    (out / "results.md").write_text(markdown(results))
+    (out / "results.json").write_text(json.dumps(results, indent=1, sort_keys=True) + "\n")
+    plot(results, out / "scores.png")
+    return [out / name for name in FILES]
 
 
 def _fmt(key: str, value) -> str:

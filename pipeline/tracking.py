@@ -45,9 +45,11 @@ def git_revision() -> str:
 
 
 def flatten(value: Any, prefix: str = "") -> dict[str, Any]:
-    """{"a": {"b": 1}} -> {"a.b": 1}; dataclasses become dicts."""
+    """{"a": {"b": 1}} -> {"a.b": 1}; dataclasses and params sections become dicts (params.yaml keys)."""
     if dataclasses.is_dataclass(value):
         value = dataclasses.asdict(value)
+    elif hasattr(value, "model_dump"):  # a pipeline.config section
+        value = value.model_dump(by_alias=True)
     if not isinstance(value, dict):
         return {prefix: value}
     out = {}

@@ -4,7 +4,8 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
-from pipeline import config, data, text
+from pipeline import config
+from pipeline.data import curate, text
 
 
 def main() -> None:
@@ -13,9 +14,9 @@ def main() -> None:
     parser.add_argument("--manifest", type=Path, required=True)
     args = parser.parse_args()
 
-    cfg = config.load()
-    encoder = text.TextEncoder(cfg.text.encoder, cfg.text.max_tokens, cfg.text.batch_size)
-    manifest = data.curate(cfg.world, cfg.data, encoder, args.shards, args.manifest)
+    params = config.load()
+    encoder = text.TextEncoder(params.text.encoder, params.text.max_tokens, params.text.batch_size)
+    manifest = curate.curate(params.world, params.data, encoder, args.shards, args.manifest)
     counts = manifest.groupby(["bucket", "split"]).size()
     print(f"curate: {len(manifest)} samples in {manifest['shard'].nunique()} shards\n{counts.to_string()}")
 

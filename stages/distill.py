@@ -4,26 +4,33 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
-from pipeline import config, distill, tracking
+from pipeline import config, tracking
+from pipeline.train import distill
 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__)
     parser.add_argument("method", help="a key of params distill.methods")
     parser.add_argument("--shards", type=Path, required=True)
-    parser.add_argument("--models", type=Path, required=True, help="root of the trained models")
+    parser.add_argument("--base", type=Path, required=True, help="the base checkpoint")
+    parser.add_argument("--experts", type=Path, required=True, help="the folder of the expert checkpoints")
     parser.add_argument("--router", type=Path, required=True)
     parser.add_argument("--out", type=Path, required=True)
+    parser.add_argument("--metrics", type=Path, required=True, help="the training's cost and final loss")
     args = parser.parse_args()
 
-    cfg = config.load()
-    params = {"method": distill.resolve_method(cfg, args.method), "fields": cfg.fields, "routing": cfg.routing}
-    with tracking.run(f"distill@{args.method}", params, name=args.method) as run:
-        _, history = distill.train_student(cfg, args.method, args.shards, args.models, args.router, args.out,
-                                           on_log=lambda step, row: run.log_metrics(row, step))
-        run.log_artifact(args.out / "samples.png")
-    last = history[-1]
-    print(f"distill {args.method}: final loss {last['loss']:.5f}, {last['samples_per_s']:.1f} samples/s")
+    params = config.load()
+    method = params.method(args.method)
+    logged = {"method": method, "fields": params.fields, "routing": params.routing}
+    with tracking.run(f"distill@{args.method}", logged, name=args.method) as run:
+        result = distill.train_student(
+            method, params.fields, params.routing, params.train, params.model.shift, params.compute,
+            shards_dir=args.shards, base=args.base, experts=args.experts, router_dir=args.router, out=args.out,
+            name=args.method, on_log=lambda step, row: run.log_metrics(row, step))
+        summary = result.summary()
+        tracking.write_metrics(args.metrics, summary)
+        run.log_metrics(summary)
+    print(f"distill {args.method}: {summary} -> {args.out}")
 
 
 if __name__ == "__main__":

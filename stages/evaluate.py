@@ -1,7 +1,7 @@
-"""Stages `evaluate`, `evaluate_student`, `evaluate_teacher`: every metric of one model.
+"""Stages `evaluate`, `evaluate_expert`, `evaluate_student`, `evaluate_teacher`: every metric of one model.
 
 The model is a checkpoint folder (--model), or `teacher` / `teacher_cfg`: the routed source fields
-the students learn from, unguided or at guidance fields.cfg_scale (--models, the models' root).
+the students learn from, unguided or at guidance fields.cfg_scale (--base, --experts).
 """
 from __future__ import annotations
 
@@ -10,27 +10,33 @@ from pathlib import Path
 
 from PIL import Image
 
-from pipeline import config, evaluation, tracking, train
-from pipeline.evaluator import Evaluator
+from pipeline import config, tracking
+from pipeline.core import compute
+from pipeline.eval import evaluation
+from pipeline.eval.evaluator import Evaluator
 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__)
     parser.add_argument("name")
-    parser.add_argument("--model", type=Path, default=None)
-    parser.add_argument("--models", type=Path, default=None)
+    parser.add_argument("--model", type=Path, default=None, help="a checkpoint folder")
+    parser.add_argument("--base", type=Path, default=None, help="teachers: the base checkpoint")
+    parser.add_argument("--experts", type=Path, default=None, help="teachers: the experts' folder")
     parser.add_argument("--shards", type=Path, required=True)
     parser.add_argument("--evaluator", type=Path, required=True)
     parser.add_argument("--metrics", type=Path, required=True)
     parser.add_argument("--samples", type=Path, required=True)
     args = parser.parse_args()
 
-    cfg = config.load()
-    device = train.setup_compute(cfg.compute)
-    field, guidance = evaluation.load_field(cfg, args.name, args.model, args.models, device)
+    params = config.load()
+    device = compute.setup(params.compute)
+    field, guidance, routes = evaluation.load_field(args.name, params.eval, params.fields, model=args.model,
+                                                    base=args.base, experts=args.experts, device=device)
     ev = Evaluator.load(args.evaluator, device)
-    with tracking.run(f"evaluate@{args.name}", {"eval": cfg.eval, "model": str(args.model)}, name=args.name) as run:
-        result, grid = evaluation.evaluate(field, ev, args.shards, cfg.eval, cfg.model.shift, guidance, device)
+    logged = {"eval": params.eval, "model": str(args.model or args.name)}
+    with tracking.run(f"evaluate@{args.name}", logged, name=args.name) as run:
+        result, grid = evaluation.evaluate(field, ev, args.shards, params.eval, params.model.shift, guidance,
+                                           device, routes)
         args.samples.parent.mkdir(parents=True, exist_ok=True)
         Image.fromarray(grid).save(args.samples)
         tracking.write_metrics(args.metrics, result)

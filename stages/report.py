@@ -2,7 +2,6 @@
 from __future__ import annotations
 
 import argparse
-import json
 from pathlib import Path
 
 from pipeline import config, report, tracking
@@ -10,19 +9,19 @@ from pipeline import config, report, tracking
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__)
-    parser.add_argument("--metrics", type=Path, required=True)
+    parser.add_argument("--eval", type=Path, required=True, help="the folder of the models' metrics")
+    parser.add_argument("--evaluator", type=Path, required=True)
+    parser.add_argument("--router", type=Path, required=True)
     parser.add_argument("--out", type=Path, required=True)
     args = parser.parse_args()
 
-    cfg = config.load()
-    results = report.collect(cfg, args.metrics)
-    args.out.mkdir(parents=True, exist_ok=True)
-    (args.out / "results.md").write_text(report.markdown(results))
-    (args.out / "results.json").write_text(json.dumps(results, indent=1, sort_keys=True) + "\n")
-    report.plot(results, args.out / "scores.png")
+    params = config.load()
+    order = report.model_order(params.experts, params.distill.methods)
+    results = report.collect(order, args.eval, args.evaluator, args.router, params.fields)
+    files = report.write(results, args.out)
     with tracking.run("report", {"models": [r["model"] for r in results["models"]]}) as run:
-        for name in ("results.md", "results.json", "scores.png"):
-            run.log_artifact(args.out / name)
+        for path in files:
+            run.log_artifact(path)
     print((args.out / "results.md").read_text())
 
 

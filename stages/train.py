@@ -7,26 +7,29 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
-from pipeline import config, tracking, train
+from pipeline import config, tracking
+from pipeline.train import sft
 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__)
     parser.add_argument("name", help="base | joint | an expert name")
     parser.add_argument("--shards", type=Path, required=True)
-    parser.add_argument("--out", type=Path, required=True)
     parser.add_argument("--init", type=Path, default=None, help="checkpoint to fine-tune from")
+    parser.add_argument("--out", type=Path, required=True)
+    parser.add_argument("--metrics", type=Path, required=True, help="the training's cost and final loss")
     args = parser.parse_args()
 
-    cfg = config.load()
+    params = config.load()
+    plan = sft.plan(args.name, params.train, params.experts, params.fields)
     stage = {"base": "train_base", "joint": "train_joint"}.get(args.name, f"train_expert@{args.name}")
-    params = {"model": cfg.model, "train": cfg.train, "compute": cfg.compute}
-    with tracking.run(stage, params, name=args.name) as run:
-        _, history = train.train_sft(cfg, args.name, args.shards, args.out, args.init,
-                                     on_log=lambda step, row: run.log_metrics(row, step))
-        run.log_artifact(args.out / "samples.png")
-    last = history[-1]
-    print(f"train {args.name}: final loss {last['loss']:.4f}, {last['samples_per_s']:.0f} samples/s -> {args.out}")
+    with tracking.run(stage, {"plan": plan, "train": params.train, "model": params.model}, name=args.name) as run:
+        result = sft.train_model(plan, params.train, params.model, params.compute, shards_dir=args.shards,
+                                 out=args.out, init=args.init, on_log=lambda step, row: run.log_metrics(row, step))
+        summary = result.summary()
+        tracking.write_metrics(args.metrics, summary)
+        run.log_metrics(summary)
+    print(f"train {args.name}: {summary} -> {args.out}")
 
 
 if __name__ == "__main__":

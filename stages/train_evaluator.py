@@ -7,24 +7,27 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
-from pipeline import config, evaluator, tracking
+from pipeline import config, tracking
+from pipeline.train import evaluator_training
 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__)
     parser.add_argument("--out", type=Path, required=True)
-    parser.add_argument("--metrics", type=Path, required=True)
+    parser.add_argument("--metrics", type=Path, required=True, help="its accuracies")
+    parser.add_argument("--cost", type=Path, required=True, help="its training time")
     args = parser.parse_args()
 
-    cfg = config.load()
-    params = {"evaluator": cfg.eval.evaluator, "world": cfg.world, "compute": cfg.compute}
-    with tracking.run("train_evaluator", params) as run:
-        metrics = evaluator.train_evaluator(cfg, args.out)
+    params = config.load()
+    logged = {"evaluator": params.eval.evaluator, "world": params.world}
+    with tracking.run("train_evaluator", logged) as run:
+        metrics, seconds = evaluator_training.train_evaluator(params.eval.evaluator, params.world.size,
+                                                              params.compute, args.out)
         tracking.write_metrics(args.metrics, metrics)
-        run.log_metrics(metrics)
+        tracking.write_metrics(args.cost, {"seconds": round(seconds, 1)})
+        run.log_metrics(metrics | {"seconds": seconds})
     print(f"train_evaluator: scene accuracy {metrics['scene_accuracy']:.4f}, CLIP match "
-          f"{metrics['clip_match']:.1f} vs shuffled {metrics['clip_shuffled']:.1f}, "
-          f"{metrics['train_seconds']:.0f} s -> {args.out}")
+          f"{metrics['clip_match']:.1f} vs shuffled {metrics['clip_shuffled']:.1f}, {seconds:.0f} s -> {args.out}")
 
 
 if __name__ == "__main__":

@@ -4,7 +4,8 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
-from pipeline import config, data, router, tracking, world
+from pipeline import config, tracking
+from pipeline.train import router
 
 
 def main() -> None:
@@ -14,13 +15,9 @@ def main() -> None:
     parser.add_argument("--metrics", type=Path, required=True)
     args = parser.parse_args()
 
-    cfg = config.load()
-    with tracking.run("train_router", {"router": cfg.router}) as run:
-        train = data.load_tensors(args.shards, list(world.TASKS), "train")
-        model, metrics = router.train_router(train, cfg.router.label_fraction, cfg.router.steps, cfg.router.lr,
-                                             cfg.router.seed)
-        metrics["test_accuracy"] = model.accuracy(data.load_tensors(args.shards, list(world.TASKS), "test"))
-        model.save(args.out)
+    params = config.load()
+    with tracking.run("train_router", {"router": params.router}) as run:
+        metrics = router.train_from_shards(params.router, args.shards, args.out)
         tracking.write_metrics(args.metrics, metrics)
         run.log_metrics(metrics)
     print(f"train_router: {metrics['labelled']} labels, test accuracy {metrics['test_accuracy']:.3f}")

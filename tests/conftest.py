@@ -20,7 +20,7 @@ def pytest_configure(config):
 @pytest.fixture(scope="session")
 def encoder():
     """The real frozen text encoder (loads in ~2 s; shared by the session)."""
-    from pipeline.text import TextEncoder
+    from pipeline.data.text import TextEncoder
 
     return TextEncoder("minilm", max_tokens=24, batch_size=64)
 
@@ -54,11 +54,11 @@ def tiny_raw(_base: dict | None = TINY, **sections) -> dict:
 def tiny_cfg(**sections):
     from pipeline import config
 
-    return config.build(config.Config, tiny_raw(**sections), "tiny: ")
+    return config.parse(tiny_raw(**sections), "tiny")
 
 
 def repo_cfg(**sections):
     """The repository's params.yaml with `sections` applied (no TINY sizes)."""
     from pipeline import config
 
-    return config.build(config.Config, tiny_raw(None, **sections), "params.yaml: ")
+    return config.parse(tiny_raw(None, **sections), "params.yaml")

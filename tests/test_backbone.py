@@ -2,8 +2,8 @@ import pytest
 import torch
 from diffusers import SD3Transformer2DModel
 
-from pipeline import backbone
-from pipeline.fields import Cond
+from pipeline.core import backbone
+from pipeline.core.fields import Cond
 
 
 def _cond(b=2, source=True, dim=384):

@@ -1,10 +1,15 @@
+"""pipeline.config: the single validator of params.yaml (types, choices, ranges, methods, cross-checks)."""
+import ast
 import copy
+import re
+import typing
 
 import pytest
 import yaml
 
 from pipeline import config
-from tests.conftest import ROOT
+from pipeline.core import backbone
+from tests.conftest import ROOT, repo_cfg
 
 
 def _raw():
@@ -17,9 +22,18 @@ def _write(tmp_path, raw):
     return path
 
 
+def _set(raw, dotted, value):
+    node = raw
+    *parents, last = dotted.split(".")
+    for key in parents:
+        node = node[key]
+    node[last] = value
+    return raw
+
+
 def test_repo_params_load():
     cfg = config.load(ROOT / "params.yaml")
-    assert cfg.fields.cfg is False
+    assert cfg.fields.absorb_guidance is False  # params.yaml's `fields.cfg`
     assert set(cfg.experts) == {"local_edit", "global_edit", "edit", "realism"}
     assert cfg.experts["edit"].buckets == ["local_edit", "global_edit"]
     assert isinstance(cfg.train.lr, float)
@@ -31,10 +45,10 @@ def test_every_design_section_present():
     assert set(_raw()) == sections
 
 
-def test_unknown_key_is_named(tmp_path):
+def test_unknown_key_is_named_with_the_keys_allowed_there(tmp_path):
     raw = _raw()
     raw["distill"]["querry"] = "low"
-    with pytest.raises(config.ConfigError, match=r"params.yaml: distill.querry: unknown key"):
+    with pytest.raises(config.ConfigError, match=r"params.yaml: distill.querry: unknown key \(expected one of .*'query'"):
         config.load(_write(tmp_path, raw))
 
 
@@ -53,23 +67,145 @@ def test_missing_section_is_named(tmp_path):
 
 
 @pytest.mark.parametrize("key,value,match", [
-    (("world", "size"), "big", r"world.size: expected int"),
-    (("fields", "cfg"), "yes", r"fields.cfg: expected bool"),
-    (("world", "size"), True, r"world.size: expected int"),
-    (("routing", "weights"), [1, 2], r"routing.weights: expected a mapping"),
-    (("experts",), {"local_edit": {"buckets": "local_edit", "steps": 2}}, r"experts.local_edit.buckets: expected a list"),
+    ("world.size", "big", r"world.size: Input should be a valid integer, got 'big'"),
+    ("fields.cfg", "yes", r"fields.cfg: Input should be a valid boolean, got 'yes'"),
+    ("world.size", True, r"world.size: Input should be a valid integer"),
+    ("train.lr", "1e-3", r"train.lr: Input should be a valid number"),  # YAML 1.1 reads 1e-3 as a string
+    ("routing.weights", [1, 2], r"routing.weights: Input should be a valid dictionary"),
+    ("experts", {"local_edit": {"buckets": "local_edit", "steps": 2}}, r"experts.local_edit.buckets: Input should be a valid list"),
 ])
 def test_wrong_type_is_named(tmp_path, key, value, match):
-    raw = copy.deepcopy(_raw())
-    node = raw
-    for k in key[:-1]:
-        node = node[k]
-    node[key[-1]] = value
     with pytest.raises(config.ConfigError, match=match):
+        config.load(_write(tmp_path, _set(copy.deepcopy(_raw()), key, value)))
+
+
+@pytest.mark.parametrize("key,value", [  # every enum of the pipeline is checked at load, not in its stage
+    ("train.t_sampling", "logit-normal"),
+    ("train.finetune_t_sampling", "normal"),
+    ("routing.source", "lable"),
+    ("routing.mode", "blend"),
+    ("compute.device", "mps"),
+    ("model.size", "XXL"),
+    ("distill.query", "median"),
+    ("distill.weighting", "sum"),
+    ("distill.states", "offline"),
+    ("experts.local_edit.buckets", ["local"]),
+])
+def test_choices_are_checked_at_load(tmp_path, key, value):
+    with pytest.raises(config.ConfigError, match=rf"params.yaml: {re.escape(key)}(\[0\])?: Input should be"):
+        config.load(_write(tmp_path, _set(_raw(), key, value)))
+
+
+@pytest.mark.parametrize("key,value", [
+    ("train.base_steps", -5), ("train.checkpoint_every", 0), ("train.log_every", 0), ("train.batch_size", 0),
+    ("train.grad_accum", 0), ("train.lr", 0.0), ("train.drop_text", 1.5), ("train.ema", 1.0),
+    ("distill.rollout_steps", 0), ("eval.count", 0), ("router.label_fraction", 0.0), ("compute.threads", -1),
+])
+def test_numbers_out_of_range_are_named(tmp_path, key, value):
+    with pytest.raises(config.ConfigError, match=rf"params.yaml: {re.escape(key)}: Input should be"):
+        config.load(_write(tmp_path, _set(_raw(), key, value)))
+
+
+def test_every_problem_is_listed_at_once(tmp_path):
+    raw = _set(_set(_raw(), "compute.device", "mps"), "world.size", "big")
+    with pytest.raises(config.ConfigError, match=r"2 problems") as err:
         config.load(_write(tmp_path, raw))
+    assert "compute.device" in str(err.value) and "world.size" in str(err.value)
 
 
 def test_int_accepted_for_float(tmp_path):
     raw = _raw()
     raw["fields"]["cfg_scale"] = 2  # what `dvc exp run -S fields.cfg_scale=2` writes
-    assert config.load(_write(tmp_path, raw)).fields.cfg_scale == 2.0
+    assert config.load(_write(tmp_path, raw)).fields.guidance_scale == 2.0
+
+
+@pytest.mark.parametrize("key,value,where", [
+    ("fields.t2i", "bas", r"fields.t2i: 'bas' is not a source model"),
+    ("fields.realism", "nope", r"fields.realism: 'nope' is not a source model"),
+    ("fields.local_edit", "", r"fields.local_edit: '' is not a source model"),
+    ("distill.init", "merge", r"distill.init: 'merge' is not a source model"),
+    ("routing.weights", {"t2i": 1.0, "local_edit": 1.0}, r"routing.weights.global_edit: missing weight"),
+    ("routing.weights", {"t2i": 0.0, "local_edit": 0.0, "global_edit": 0.0}, r"routing.weights: every weight is 0"),
+])
+def test_cross_section_rules(tmp_path, key, value, where):
+    with pytest.raises(config.ConfigError, match=where):
+        config.load(_write(tmp_path, _set(_raw(), key, value)))
+
+
+def test_the_realism_route_needs_its_weight(tmp_path):
+    raw = _set(_raw(), "fields.realism", "realism")
+    del raw["routing"]["weights"]["realism"]
+    with pytest.raises(config.ConfigError, match=r"routing.weights.realism: missing weight"):
+        config.load(_write(tmp_path, raw))
+
+
+def test_model_sizes_are_the_backbone_registry():
+    assert set(typing.get_args(config.ModelSize)) == set(backbone.SIZES)
+
+
+# --- distill.methods resolved at load ----------------------------------------------------------
+
+
+def test_methods_are_resolved_with_defaults_and_overrides():
+    cfg = repo_cfg()
+    base = cfg.method("danceopd")
+    assert (base.query, base.queries, base.states, base.routing_mode) == ("low", 1, "on_policy", "hard")
+    assert base.rollout_steps == cfg.distill.rollout_steps and base.lr == cfg.distill.lr
+    dense = cfg.method("dense")
+    overrides = _raw()["distill"]["methods"]["dense"]  # params.yaml: dense: {queries: K, query: uniform, ...}
+    assert (dense.queries, dense.query, dense.weighting) == (overrides["queries"], "uniform", "diffusionopd")
+    assert dense.queries > 1 and dense.steps == cfg.distill.steps
+    assert cfg.method("soft").routing_mode == "soft"
+    assert cfg.method("offpolicy").states == "off_policy"
+    mid = repo_cfg(distill={"query": "mid"})  # `-S distill.query=mid` reaches every non-overriding method
+    assert mid.method("danceopd").query == "mid"
+    assert mid.method("dense").query == "uniform"
+    assert repo_cfg(routing={"mode": "soft"}).method("danceopd").routing_mode == "soft"
+
+
+@pytest.mark.parametrize("overrides,where", [
+    ({"querys": 2}, r"distill.methods.bad.querys: unknown key"),
+    ({"query": "lowest"}, r"distill.methods.bad.query: Input should be"),
+    ({"queries": 0}, r"distill.methods.bad.queries: Input should be greater than 0"),
+    ({"queries": 17}, r"distill.methods.bad.queries: 17 queries but only 16 rollout states \(distill.rollout_steps\)"),
+    ({"weighting": "sum"}, r"distill.methods.bad.weighting: Input should be"),
+    ({"states": "offline"}, r"distill.methods.bad.states: Input should be"),
+    ({"routing_mode": "mixed"}, r"distill.methods.bad.routing_mode: Input should be"),
+    ({"lr": "fast"}, r"distill.methods.bad.lr: Input should be a valid number"),
+    ({"init": "joint"}, r"distill.methods.bad.init: 'joint' is not a source model"),
+])
+def test_a_bad_method_override_is_named(overrides, where):
+    with pytest.raises(config.ConfigError, match=where):
+        repo_cfg(distill={"methods": {"bad": overrides}})
+
+
+def test_an_unknown_method_is_named():
+    with pytest.raises(config.ConfigError, match=r"distill.methods.nope: unknown method"):
+        repo_cfg().method("nope")
+
+
+# --- tracing what a process reads ----------------------------------------------------------------
+
+
+def test_reads_are_traced_by_their_params_yaml_key(monkeypatch):
+    cfg = repo_cfg()
+    monkeypatch.setattr(config, "_read", set())
+    cfg.train.lr, cfg.fields.absorb_guidance, cfg.experts["edit"].steps, cfg.routing.weights
+    dense = cfg.method("dense")
+    dense.queries, dense.rollout_steps, dense.routing_mode
+    assert config._read == {"train.lr", "fields.cfg", "experts.edit.steps", "routing.weights",
+                            "distill.methods.dense.queries", "distill.rollout_steps", "routing.mode"}
+    list(cfg.experts)  # the set of expert names is the whole section
+    assert "experts" in config._read
+
+
+def test_no_code_spells_the_guidance_knobs_cfg():
+    """`fields.cfg` / `cfg_scale` are params.yaml's spellings only; code says absorb_guidance / guidance_scale."""
+    offenders = []
+    for path in [*ROOT.glob("pipeline/**/*.py"), *ROOT.glob("stages/*.py"), *ROOT.glob("benchmarks/*.py")]:
+        for node in ast.walk(ast.parse(path.read_text())):
+            if isinstance(node, ast.Attribute) and node.attr in ("cfg", "cfg_scale"):
+                offenders.append(f"{path.relative_to(ROOT)}:{node.lineno}")
+    assert not offenders, offenders
+    with pytest.raises(AttributeError):
+        repo_cfg().fields.cfg  # noqa: B018

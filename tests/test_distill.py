@@ -1,6 +1,5 @@
-"""pipeline.distill: rollout, query selection, routing, CFG targets, on/off-policy states and the loss."""
+"""pipeline.train.distill: rollout, query selection, query states, routed targets (incl. CFG), the loss."""
 import copy
-import dataclasses
 import math
 from types import SimpleNamespace
 
@@ -8,18 +7,20 @@ import pytest
 import torch
 from torch import nn
 
-from pipeline import backbone, distill, flow, train, world
-from pipeline.data import TensorSet
-from pipeline.distill import Method
-from pipeline.fields import RoutedField
-from tests.conftest import repo_cfg, tiny_cfg
+from pipeline.config import Method
+from pipeline.core import backbone, batches, flow
+from pipeline.core.batches import TensorSet
+from pipeline.core.fields import Cond, RoutedField
+from pipeline.core.teacher import Route, build_teacher
+from pipeline.data import world
+from pipeline.train import distill, loop
 
 N, C, S, L, D = 6, 3, 8, 4, 8  # samples, channels, image side, tokens, text dim
 SHIFT = 3.0
 
 
 def fake_set(n=N, seed=0) -> TensorSet:
-    """A random TensorSet: tasks cycle through world.TASKS."""
+    """A random TensorSet: tasks (and routes) cycle through world.TASKS."""
     g = torch.Generator().manual_seed(seed)
     task = torch.arange(n) % len(world.TASKS)
     return TensorSet(
@@ -29,14 +30,24 @@ def fake_set(n=N, seed=0) -> TensorSet:
         text=torch.randn(n, L, D, generator=g).half(),
         pooled=torch.randn(n, D, generator=g).half(),
         task=task,
+        route=task.clone(),
         records=[SimpleNamespace(bucket=world.TASKS[k]) for k in task],
     )
 
 
 def method(**kw) -> Method:
     base = dict(init="local_edit", rollout_steps=4, query="low", queries=1, weighting="mean",
-                states="on_policy", routing_mode="hard", steps=3, batch_size=4, lr=1e-3)
+                states="on_policy", routing_mode="hard", steps=3, batch_size=4, grad_accum=1, lr=1e-3)
     return Method(**(base | kw))
+
+
+def one_step(student, teacher, data, m, gen_seed=0, route_of=None):
+    """The loss of one distillation step of method m: a batch from the seeded stream, then the step."""
+    gen = torch.Generator().manual_seed(gen_seed)
+    stream = batches.random_batches(data, m.batch_size, gen)
+    if route_of is not None:
+        stream = distill.relabelled(stream, route_of)
+    return distill.distill_step(teacher, m, SHIFT, torch.device("cpu"))(student, next(stream), gen)
 
 
 class Toy(nn.Module):
@@ -82,8 +93,7 @@ class Probe(nn.Module):
 def probe_target(teacher, data, m, gen_seed=0, **kw):
     """(target the loss regresses onto, the student's inputs) for one step of method m (mean, K=1)."""
     student = Probe()
-    loss = distill.distill_loss(teacher, data, m, shift=SHIFT, device=torch.device("cpu"), **kw)
-    loss(student, torch.Generator().manual_seed(gen_seed)).backward()
+    one_step(student, teacher, data, m, gen_seed, **kw).backward()
     return -student.p.grad * student.p.numel() / 2, student.seen
 
 
@@ -216,15 +226,17 @@ def test_soft_routing_supervises_with_the_average_field():
     assert all(len(torch.cat(f.seen)) == 8 for f in fields)
 
 
-def test_build_teacher_freezes_each_model_once_in_route_order():
-    shared, other = Toy(0), Toy(1)
-    teacher = distill.build_teacher({"t2i": other, "local_edit": shared, "global_edit": shared},
-                                    ["t2i", "local_edit", "global_edit"], "hard", 3.5, False, None)
-    assert [f.model for f in teacher.fields] == [other, shared, shared]
-    assert teacher.fields[1] is teacher.fields[2]
-    assert not any(p.requires_grad for p in shared.parameters()) and not shared.training
-    with pytest.raises(ValueError, match="global_edit"):
-        distill.build_teacher({"t2i": other}, ["t2i", "global_edit"], "hard", 1.0, False, None)
+def test_the_router_relabels_task_routes_and_leaves_realism_on_its_own():
+    class FixedRouter:  # predicts global_edit for everything
+        classes = world.TASKS
+
+        def route(self, cond):
+            return torch.full((len(cond),), 2)
+
+    routes = [Route(t, t, (t,)) for t in world.TASKS] + [Route("realism", "realism", ("realism",))]
+    route_of = distill.router_routes(FixedRouter(), routes)
+    cond = Cond(torch.zeros(4, L, D), torch.zeros(4, D), None, route=torch.tensor([0, 1, 3, 3]))
+    assert route_of(cond).tolist() == [2, 2, 3, 3]
 
 
 @pytest.mark.parametrize("use_cfg", [True, False])
@@ -232,7 +244,7 @@ def test_the_target_is_the_guided_routed_field_with_cfg_and_the_plain_one_withou
     data, scale = fake_set(), 3.5
     null = torch.zeros(L, D), torch.full((D,), 0.3)
     models = {name: Toy(k) for k, name in enumerate(world.TASKS)}
-    teacher = distill.build_teacher(models, list(world.TASKS), "hard", scale, use_cfg, null)
+    teacher = build_teacher(models, list(world.TASKS), "hard", scale if use_cfg else None, null)
     target, (x_t, t, cond) = probe_target(teacher, data, method(batch_size=6))
     with torch.no_grad():
         for i in range(len(x_t)):
@@ -255,16 +267,20 @@ def test_the_teacher_never_carries_gradients():
             return self.w * x
 
     teacher_module, student = Trainable(), Toy(0)
-    loss = distill.distill_loss(teacher_module, fake_set(), method(), shift=SHIFT, device=torch.device("cpu"))
-    value = loss(student, torch.Generator().manual_seed(0))
-    value.backward()
+    one_step(student, teacher_module, fake_set(), method()).backward()
     assert teacher_module.w.grad is None and teacher_module.grad_enabled == [False]
     assert all(p.grad is not None for p in student.parameters())
     frozen = Toy(1)  # and through build_teacher's ModelField
-    loss = distill.distill_loss(distill.build_teacher({"a": frozen}, ["a"], "soft", 1.0, False, None),
-                                fake_set(), method(), shift=SHIFT, device=torch.device("cpu"))
-    loss(student, torch.Generator().manual_seed(0)).backward()
+    one_step(student, build_teacher({"a": frozen}, ["a"], "soft"), fake_set(), method()).backward()
     assert all(p.grad is None for p in frozen.parameters())
+
+
+def test_routed_target_is_detached_float_under_no_grad():
+    x = torch.randn(3, C, S, S, requires_grad=True)
+    cond = Cond(torch.zeros(3, L, D), torch.zeros(3, D), None)
+    target = distill.routed_target(lambda x, t, cond: (x * 2).half(), x, torch.rand(3), cond)
+    assert target.dtype == torch.float32 and not target.requires_grad
+    assert torch.allclose(target, (x * 2).half().float())
 
 
 # --- query states: on-policy and off-policy ----------------------------------------------------
@@ -274,9 +290,8 @@ def test_the_teacher_never_carries_gradients():
 def test_on_policy_states_are_the_students_own_rollout_states_at_the_query_t(k):
     student, data = Spy(0), fake_set()
     m = method(queries=k, rollout_steps=4, query="uniform")
-    loss = distill.distill_loss(Toy(1), data, m, shift=SHIFT, device=torch.device("cpu"))
-    loss(student, torch.Generator().manual_seed(0))
-    rollout_calls, (x_t, t, cond, grad) = student.calls[:-1], student.calls[-1]
+    one_step(student, Toy(1), data, m)
+    rollout_calls, (x_t, t, _, grad) = student.calls[:-1], student.calls[-1]
     assert len(rollout_calls) == 4 and not any(c[3] for c in rollout_calls) and grad
     grid = flow.time_grid(4, SHIFT)
     assert all(torch.equal(c[1], grid[i].expand(4)) for i, c in enumerate(rollout_calls))  # whole batch
@@ -293,11 +308,10 @@ def test_on_policy_states_are_the_students_own_rollout_states_at_the_query_t(k):
 def test_off_policy_states_are_forward_noised_data_at_the_query_t(k):
     student, data = Spy(0), fake_set()
     m = method(states="off_policy", queries=k, batch_size=4)
-    loss = distill.distill_loss(Toy(1), data, m, shift=SHIFT, device=torch.device("cpu"))
-    loss(student, torch.Generator().manual_seed(7))
+    one_step(student, Toy(1), data, m, gen_seed=7)
     assert len(student.calls) == 1  # no rollout
     x_t, t, cond, _ = student.calls[0]
-    gen = torch.Generator().manual_seed(7)  # replay the loss's draws: rows, query indices, noise
+    gen = torch.Generator().manual_seed(7)  # replay the draws: rows (the stream), query indices, noise (the step)
     rows = torch.randint(len(data), (4,), generator=gen)
     idx = distill.query_indices(4, 4, k, "low", gen)
     noise = torch.randn((4 * k, C, S, S), generator=gen)
@@ -309,7 +323,29 @@ def test_off_policy_states_are_forward_noised_data_at_the_query_t(k):
     assert sample_ids(cond.pooled, data) == rows[owner].tolist()  # the condition of the same sample
 
 
+def test_query_states_alone_equal_the_step_s_states():
+    data, m = fake_set(), method(queries=2, query="uniform")
+    x, cond = data.batch(torch.arange(4))
+    x_t, t, owner = distill.query_states(Toy(0), x, cond, m, SHIFT, torch.Generator().manual_seed(5),
+                                         torch.device("cpu"))
+    assert x_t.shape == (8, C, S, S) and t.shape == (8,) and owner.tolist() == [0, 0, 1, 1, 2, 2, 3, 3]
+    again, _, _ = distill.query_states(Toy(0), x, cond, m, SHIFT, torch.Generator().manual_seed(5),
+                                       torch.device("cpu"))
+    assert torch.equal(x_t, again)
+
+
 # --- the loss --------------------------------------------------------------------------------------
+
+
+def test_field_loss_weights_the_query_slots():
+    K, B = 3, 2
+    v = torch.arange(B * K, dtype=torch.float32).repeat_interleave(4).view(B * K, 1, 2, 2)  # slot j of sample b: b*K+j
+    target = torch.zeros_like(v)
+    per_slot = [((torch.tensor([b * K + j for b in range(B)], dtype=torch.float32)) ** 2).mean() for j in range(K)]
+    assert torch.allclose(distill.field_loss(v, target, K, 1 / K), sum(per_slot) / K)
+    assert torch.allclose(distill.field_loss(v, target, K, 0.5 / 16**2), 0.5 / 16**2 * sum(per_slot))
+    assert distill.loss_scale(method(queries=K)) == 1 / K
+    assert distill.loss_scale(method(queries=K, rollout_steps=16, weighting="diffusionopd")) == 0.5 / 16**2
 
 
 def test_weightings_of_several_queries():
@@ -317,10 +353,8 @@ def test_weightings_of_several_queries():
     losses = {}
     for weighting in ("mean", "diffusionopd"):
         student = Spy(0)
-        loss = distill.distill_loss(lambda x, t, cond: torch.zeros_like(x), data,
-                                    method(queries=K, rollout_steps=R, weighting=weighting),
-                                    shift=SHIFT, device=torch.device("cpu"))
-        losses[weighting] = loss(student, torch.Generator().manual_seed(0))
+        losses[weighting] = one_step(student, lambda x, t, cond: torch.zeros_like(x), data,
+                                     method(queries=K, rollout_steps=R, weighting=weighting))
         x_t, t, cond, _ = student.calls[-1]
         with torch.no_grad():
             v = Toy(0)(x_t, t, cond).view(4, K, -1)  # (B, K, CHW): the student's velocities
@@ -338,83 +372,30 @@ def tiny_backbone(seed):
 @pytest.mark.parametrize("states", ["on_policy", "off_policy"])
 def test_a_student_equal_to_its_teacher_has_zero_loss(states):
     student = tiny_backbone(0)
-    teacher = distill.build_teacher({k: copy.deepcopy(student) for k in world.TASKS}, list(world.TASKS),
-                                    "hard", 1.0, False, None)
-    loss = distill.distill_loss(teacher, fake_set(), method(states=states, queries=2), shift=SHIFT,
-                                device=torch.device("cpu"))
-    assert loss(student, torch.Generator().manual_seed(0)).item() < 1e-12
-    other = distill.build_teacher({"a": tiny_backbone(1)}, ["a"], "hard", 1.0, False, None)
+    teacher = build_teacher({k: copy.deepcopy(student) for k in world.TASKS}, list(world.TASKS), "hard")
+    assert one_step(student, teacher, fake_set(), method(states=states, queries=2)).item() < 1e-12
+    other = build_teacher({"a": tiny_backbone(1)}, ["a"], "hard")
     route_a = lambda cond: torch.zeros(len(cond), dtype=torch.long)  # noqa: E731
-    loss = distill.distill_loss(other, fake_set(), method(states=states), shift=SHIFT,
-                                device=torch.device("cpu"), route_of=route_a)
-    assert loss(student, torch.Generator().manual_seed(0)).item() > 1e-3
+    assert one_step(student, other, fake_set(), method(states=states), route_of=route_a).item() > 1e-3
+
+
+def _fit(student, teacher, data, m, tmp_path, steps, route_of):
+    gen = torch.Generator().manual_seed(0)
+    stream = distill.relabelled(batches.random_batches(data, m.batch_size, gen), route_of)
+    lp = loop.Loop(steps=steps, lr=3e-3, weight_decay=0.0, grad_clip=1.0, ema=0.0, grad_accum=1,
+                   checkpoint_every=1000, log_every=1, compile=False)
+    return loop.fit(student, distill.distill_step(teacher, m, SHIFT, torch.device("cpu")), stream, lp, rng=gen,
+                    work=tmp_path / "w", run_id="r", device=torch.device("cpu"))
 
 
 def test_a_few_distillation_steps_reduce_the_loss(tmp_path):
     data = fake_set(n=4)
     teacher_model = tiny_backbone(1)
-    teacher = distill.build_teacher({"t": teacher_model}, ["t"], "hard", 1.0, False, None)
-    m = method(batch_size=4, rollout_steps=4)
+    teacher = build_teacher({"t": teacher_model}, ["t"], "hard")
     route_of = lambda cond: torch.zeros(len(cond), dtype=torch.long)  # noqa: E731
-    loss = distill.distill_loss(teacher, data, m, shift=SHIFT, device=torch.device("cpu"), route_of=route_of)
-    train_cfg = dataclasses.replace(tiny_cfg().train, batch_size=4, log_every=1, checkpoint_every=1000)
-    student, history = train.fit(tiny_backbone(0), loss, train_cfg, steps=20, lr=3e-3, work=tmp_path / "w",
-                                 run_id="r", device=torch.device("cpu"))
+    history = _fit(tiny_backbone(0), teacher, data, method(batch_size=4, rollout_steps=4), tmp_path, 20,
+                   route_of).history
     first = sum(h["loss"] for h in history[:3]) / 3
     last = sum(h["loss"] for h in history[-3:]) / 3
     assert last < 0.5 * first, (first, last)
     assert all(p.grad is None for p in teacher_model.parameters())
-
-
-# --- resolve_method ------------------------------------------------------------------------------
-
-
-def test_resolve_method_applies_defaults_and_overrides():
-    cfg = repo_cfg()
-    base = distill.resolve_method(cfg, "danceopd")
-    assert (base.query, base.queries, base.states, base.routing_mode) == ("low", 1, "on_policy", "hard")
-    assert base.rollout_steps == cfg.distill.rollout_steps and base.lr == cfg.distill.lr
-    dense = distill.resolve_method(cfg, "dense")
-    overrides = cfg.distill.methods["dense"]  # params.yaml: dense: {queries: K, query: uniform, ...}
-    assert (dense.queries, dense.query, dense.weighting) == (overrides["queries"], "uniform", "diffusionopd")
-    assert dense.queries > 1 and dense.steps == cfg.distill.steps
-    assert distill.resolve_method(cfg, "soft").routing_mode == "soft"
-    assert distill.resolve_method(cfg, "offpolicy").states == "off_policy"
-    mid = repo_cfg(distill={"query": "mid"})  # `-S distill.query=mid` reaches every non-overriding method
-    assert distill.resolve_method(mid, "danceopd").query == "mid"
-    assert distill.resolve_method(mid, "dense").query == "uniform"
-
-
-@pytest.mark.parametrize("overrides,where", [
-    ({"querys": 2}, "distill.methods.bad.querys"),
-    ({"query": "lowest"}, "distill.methods.bad.query"),
-    ({"queries": 0}, "distill.methods.bad.queries"),
-    ({"queries": 17}, "distill.methods.bad.queries"),
-    ({"weighting": "sum"}, "distill.methods.bad.weighting"),
-    ({"states": "offline"}, "distill.methods.bad.states"),
-    ({"routing_mode": "mixed"}, "distill.methods.bad.routing_mode"),
-    ({"lr": "fast"}, "distill.methods.bad.lr"),
-])
-def test_resolve_method_names_the_bad_key(overrides, where):
-    cfg = repo_cfg(distill={"methods": {"bad": overrides}})
-    with pytest.raises(ValueError, match=where.replace(".", r"\.")):
-        distill.resolve_method(cfg, "bad")
-
-
-def test_resolve_method_rejects_unknown_methods_and_bad_defaults():
-    with pytest.raises(ValueError, match=r"distill\.methods\.nope"):
-        distill.resolve_method(repo_cfg(), "nope")
-    with pytest.raises(ValueError, match=r"distill\.query"):
-        distill.resolve_method(repo_cfg(distill={"query": "median"}), "danceopd")
-    with pytest.raises(ValueError, match=r"routing\.mode"):
-        distill.resolve_method(repo_cfg(routing={"mode": "blend"}), "danceopd")
-
-
-def test_bucket_weights_draw_buckets_in_proportion():
-    data = fake_set(n=9)
-    w = distill.bucket_weights(data, {"t2i": 2.0, "local_edit": 1.0, "global_edit": 1.0})
-    rows = distill._draw_rows(9, 40_000, torch.Generator().manual_seed(0), w)
-    share = torch.bincount(data.task[rows], minlength=3).float() / 40_000
-    assert torch.allclose(share, torch.tensor([0.5, 0.25, 0.25]), atol=0.01)
-    with pytest.raises(ValueError, match=r"routing\.weights\.global_edit"):
-        distill.bucket_weights(data, {"t2i": 1.0, "local_edit": 1.0})

@@ -4,7 +4,7 @@ import pytest
 import torch
 from torch import nn
 
-from pipeline.fields import Cond, GuidedField, ModelField, RoutedField
+from pipeline.core.fields import Cond, GuidedField, ModelField, RoutedField
 
 B, C, H, W, L, D = 4, 3, 4, 4, 5, 6
 

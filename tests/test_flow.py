@@ -4,7 +4,7 @@ import pytest
 import torch
 from diffusers import FlowMatchEulerDiscreteScheduler
 
-from pipeline.flow import (
+from pipeline.core.flow import (
     Trajectory,
     euler_sample,
     interpolate,

@@ -6,7 +6,8 @@ import math
 import numpy as np
 import pytest
 
-from pipeline import metrics, world
+from pipeline.eval import metrics
+from pipeline.data import world
 
 
 def _t2i(n=60):
@@ -175,7 +176,7 @@ def test_realism_gap_closure():
 
 @pytest.mark.slow
 def test_trained_evaluator_scores_real_test_renders_as_perfect():
-    from pipeline.data import to_tensor
+    from pipeline.data.shards import to_tensor
     from tests.test_evaluator import trained_evaluator
 
     ev = trained_evaluator()

@@ -1,13 +1,13 @@
-"""pipeline.router: the text -> task classifier on pooled prompt embeddings."""
+"""pipeline.train.router: the text -> task classifier on pooled prompt embeddings."""
 import dataclasses
 from types import SimpleNamespace
 
 import pytest
 import torch
 
-from pipeline import world
-from pipeline.data import TensorSet
-from pipeline.router import Router, labelled_subset, train_router
+from pipeline.core.batches import TensorSet
+from pipeline.data import world
+from pipeline.train.router import Router, labelled_subset, train_router
 
 TASK_BUCKETS = ("t2i", "local_edit", "global_edit")
 
@@ -20,7 +20,7 @@ def prompt_set(encoder, split: str, per_bucket: int) -> TensorSet:
     return TensorSet(
         image=torch.zeros(n, 3, 1, 1, dtype=torch.uint8), source=torch.zeros(n, 3, 1, 1, dtype=torch.uint8),
         has_source=torch.tensor([s.task != "t2i" for s in samples]), text=torch.from_numpy(text).half(), pooled=torch.from_numpy(pooled).half(),
-        task=torch.tensor([world.TASKS.index(s.task) for s in samples]),
+        task=torch.tensor([world.TASKS.index(s.task) for s in samples]), route=None,
         records=[SimpleNamespace(bucket=s.task) for s in samples],
     )
 

@@ -1,123 +1,172 @@
+"""pipeline.train.loop (fit over a batch stream) and pipeline.train.sft (the flow-matching step, plans)."""
 import dataclasses
+import json
 
 import pytest
 import torch
 
-from pipeline import backbone, data, sample, train
-from pipeline.fields import Cond
+from pipeline.core import backbone, checkpoint
+from pipeline.core.batches import load_tensors, random_batches
+from pipeline.core.fields import Cond
+from pipeline.data import curate, shards
+from pipeline.eval import sample
+from pipeline.train import loop, sft
 from tests.conftest import repo_cfg, tiny_cfg
 
 
 @pytest.fixture(scope="module")
-def shards(tmp_path_factory, encoder):
+def shards_dir(tmp_path_factory, encoder):
     cfg = tiny_cfg()
     out = tmp_path_factory.mktemp("curated")
-    data.curate(cfg.world, cfg.data, encoder, out / "shards", out / "manifest.parquet")
+    curate.curate(cfg.world, cfg.data, encoder, out / "shards", out / "manifest.parquet")
     return out / "shards"
 
 
-def _setup(shards, **train_overrides):
-    cfg = tiny_cfg(model={"size": "tiny"})
-    train_cfg = dataclasses.replace(cfg.train, batch_size=8, log_every=1, checkpoint_every=3, **train_overrides)
-    tensors = data.load_tensors(shards, ["t2i", "local_edit"], "train")
+LOOP = loop.Loop(steps=6, lr=1e-3, weight_decay=0.0, grad_clip=1.0, ema=0.0, grad_accum=1, checkpoint_every=3,
+                 log_every=1, compile=False)
+
+
+def _setup(shards_dir, batch_size=8):
+    tensors = load_tensors(shards_dir, ["t2i", "local_edit"], "train")
     torch.manual_seed(0)
     model = backbone.build("tiny", 4, 32, tensors.text.shape[-1])
-    loss = train.flow_matching_loss(tensors, train_cfg, data.read_null(shards), torch.device("cpu"))
-    return model, loss, train_cfg
+    step = sft.flow_matching_step("logit_normal", 0.1, 0.05, shards.read_null(shards_dir), torch.device("cpu"))
+    return model, step, tensors
 
 
-def _fit(model, loss, train_cfg, tmp_path, steps, **kw):
-    kw = {"lr": 1e-3, "work": tmp_path / "work", "run_id": "r", "device": torch.device("cpu")} | kw
-    return train.fit(model, loss, train_cfg, steps=steps, **kw)
+def _fit(model, step, tensors, tmp_path, batch_size=8, seed=0, **loop_kw):
+    rng = torch.Generator().manual_seed(seed)
+    lp = dataclasses.replace(LOOP, **loop_kw)
+    return loop.fit(model, step, random_batches(tensors, batch_size, rng), lp, rng=rng, work=tmp_path / "work",
+                    run_id="r", device=torch.device("cpu"))
 
 
-def test_training_reduces_the_loss(shards, tmp_path):
-    model, loss, train_cfg = _setup(shards)
-    _, history = _fit(model, loss, train_cfg, tmp_path, steps=40, lr=3e-3)
-    first, last = history[0]["loss"], sum(h["loss"] for h in history[-5:]) / 5
+def test_training_reduces_the_loss(shards_dir, tmp_path):
+    result = _fit(*_setup(shards_dir), tmp_path, steps=40, lr=3e-3)
+    first, last = result.history[0]["loss"], sum(h["loss"] for h in result.history[-5:]) / 5
     assert last < 0.7 * first, (first, last)
+    assert result.samples == 40 * 8 and set(result.history[0]) == {"step", "loss", "grad_norm"}  # no timings
 
 
-def test_same_seed_same_weights_and_resume_equals_uninterrupted(shards, tmp_path):
-    model, loss, train_cfg = _setup(shards)
-    straight, _ = _fit(model, loss, train_cfg, tmp_path / "a", steps=6)
+def test_same_seed_same_weights_and_resume_equals_uninterrupted(shards_dir, tmp_path):
+    straight = _fit(*_setup(shards_dir), tmp_path / "a").model
 
+    model, step, tensors = _setup(shards_dir)
     calls = {"n": 0}
 
-    def dies_at_step_5(m, gen):
+    def dies_at_step_5(m, batch, gen):
         calls["n"] += 1
         if calls["n"] == 5:
             raise KeyboardInterrupt  # a kill after the step-3 checkpoint
-        return loss(m, gen)
+        return step(m, batch, gen)
 
-    model, _, _ = _setup(shards)
     with pytest.raises(KeyboardInterrupt):
-        _fit(model, dies_at_step_5, train_cfg, tmp_path / "b", steps=6)
-    model, _, _ = _setup(shards)
-    resumed, history = _fit(model, loss, train_cfg, tmp_path / "b", steps=6)
-    assert history[0]["step"] == 1 and len(history) == 6  # the history survived the kill
-    for (k, a), b in zip(straight.state_dict().items(), resumed.state_dict().values()):
+        _fit(model, dies_at_step_5, tensors, tmp_path / "b")
+    model, step, tensors = _setup(shards_dir)
+    resumed = _fit(model, step, tensors, tmp_path / "b")
+    assert resumed.history[0]["step"] == 1 and len(resumed.history) == 6  # the history survived the kill
+    for (k, a), b in zip(straight.state_dict().items(), resumed.model.state_dict().values()):
         assert torch.equal(a, b), k
 
 
-def test_checkpoint_of_another_run_is_ignored(shards, tmp_path, capsys):
-    model, loss, train_cfg = _setup(shards)
-    _fit(model, loss, train_cfg, tmp_path, steps=4)  # leaves a step-3 checkpoint
-    model, loss, _ = _setup(shards)
-    _, history = _fit(model, loss, train_cfg, tmp_path, steps=4, run_id="other")
-    assert "another configuration" in capsys.readouterr().out and len(history) == 4
+def test_checkpoint_of_another_run_is_ignored(shards_dir, tmp_path, capsys):
+    _fit(*_setup(shards_dir), tmp_path, steps=4)  # leaves a step-3 checkpoint
+    model, step, tensors = _setup(shards_dir)
+    rng = torch.Generator().manual_seed(0)
+    result = loop.fit(model, step, random_batches(tensors, 8, rng), dataclasses.replace(LOOP, steps=4), rng=rng,
+                      work=tmp_path / "work", run_id="other", device=torch.device("cpu"))
+    assert "another configuration" in capsys.readouterr().out and len(result.history) == 4
 
 
-def test_nan_loss_stops_training(shards, tmp_path):
-    model, _, train_cfg = _setup(shards)
-    nan = lambda m, gen: m(torch.zeros(1, 3, 32, 32), torch.ones(1), _cond()).sum() * float("nan")  # noqa: E731
+def test_nan_loss_stops_training(shards_dir, tmp_path):
+    model, _, tensors = _setup(shards_dir)
+    nan = lambda m, batch, gen: m(torch.zeros(1, 3, 32, 32), torch.ones(1), _cond()).sum() * float("nan")  # noqa: E731
     with pytest.raises(FloatingPointError, match="loss is nan at step 0"):
-        _fit(model, nan, train_cfg, tmp_path, steps=3)
+        _fit(model, nan, tensors, tmp_path, steps=3)
 
 
 def _cond():
     return Cond(torch.zeros(1, 24, 384), torch.zeros(1, 384), None)
 
 
-def test_ema_tracks_a_moving_average(shards, tmp_path):
-    model, loss, train_cfg = _setup(shards, ema=0.5)
+def test_gradient_accumulation_of_two_halves_equals_one_full_batch(shards_dir, tmp_path):
+    """Micro-batches of 4 x 2 take the step of their union: the mean of the two losses' gradients."""
+    model, _, tensors = _setup(shards_dir)
+    deterministic = lambda m, batch, gen: m(*_noised(batch)).pow(2).mean()  # noqa: E731
+    full = _fit(model, deterministic, tensors, tmp_path / "full", batch_size=8, steps=1, grad_clip=1e9).model
+    model, _, _ = _setup(shards_dir)
+    halves = _fit(model, deterministic, tensors, tmp_path / "halves", batch_size=4, steps=1, grad_clip=1e9,
+                  grad_accum=2).model
+    for (k, a), b in zip(full.state_dict().items(), halves.state_dict().values()):
+        assert torch.allclose(a, b, atol=1e-6), k  # the same 8 rows: 4 + 4 drawn from the same generator
+
+
+def _noised(batch):
+    x, cond = batch
+    return x, torch.full((len(x),), 0.5), cond
+
+
+def test_ema_tracks_a_moving_average(shards_dir, tmp_path):
+    model, step, tensors = _setup(shards_dir)
     start = {k: v.clone() for k, v in model.state_dict().items()}
-    final, _ = _fit(model, loss, train_cfg, tmp_path, steps=2)
+    final = _fit(model, step, tensors, tmp_path, steps=2, ema=0.5).model
     assert final is not model
     k = "transformer.proj_out.weight"
     # two updates of decay 0.5: ema = 0.25 start + 0.25 w1 + 0.5 w2, strictly between start and w2
     assert not torch.equal(final.state_dict()[k], start[k]) and not torch.equal(final.state_dict()[k], model.state_dict()[k])
 
 
-def test_condition_dropout_uses_the_null_text(shards):
-    tensors = data.load_tensors(shards, ["local_edit"], "train")
-    cfg = dataclasses.replace(tiny_cfg().train, batch_size=16, drop_text=1.0, drop_source=1.0)
-    null = data.read_null(shards)
+def test_condition_dropout_uses_the_null_text(shards_dir):
+    tensors = load_tensors(shards_dir, ["local_edit"], "train")
+    null = shards.read_null(shards_dir)
     seen = {}
 
     def spy(x, t, cond):
         seen["cond"] = cond
         return torch.zeros_like(x, requires_grad=True)
 
-    train.flow_matching_loss(tensors, cfg, null, torch.device("cpu"))(spy, torch.Generator().manual_seed(0))
+    step = sft.flow_matching_step("uniform", 1.0, 1.0, null, torch.device("cpu"))
+    gen = torch.Generator().manual_seed(0)
+    step(spy, next(random_batches(tensors, 16, gen)), gen)
     assert torch.equal(seen["cond"].text, null[0].expand(16, -1, -1))
     assert torch.equal(seen["cond"].source, torch.zeros(16, 3, 32, 32))
 
 
-def test_generate_is_seeded_and_guidance_needs_null(shards):
-    model, _, _ = _setup(shards)
-    x, cond = data.load_tensors(shards, ["t2i"], "test").batch(torch.arange(3))
+def test_generate_is_seeded_and_guidance_needs_null(shards_dir):
+    model, _, _ = _setup(shards_dir)
+    x, cond = load_tensors(shards_dir, ["t2i"], "test").batch(torch.arange(3))
     a = sample.generate(model, cond, steps=4, shift=3.0, seed=7)
     assert a.shape == x.shape and torch.equal(a, sample.generate(model, cond, steps=4, shift=3.0, seed=7))
     with pytest.raises(ValueError, match="null"):
         sample.generate(model, cond, steps=4, shift=3.0, seed=7, guidance=2.0)
 
 
-def test_sft_plan_names():
+def test_plans():
     cfg = repo_cfg()
-    assert train.sft_plan(cfg, "base") == (["t2i"], cfg.train.base_steps, cfg.train.t_sampling)
-    assert train.sft_plan(cfg, "edit")[1:] == (cfg.experts["edit"].steps, cfg.train.finetune_t_sampling)
-    assert train.sft_plan(cfg, "edit")[0] == ["local_edit", "global_edit"]
-    assert train.sft_plan(cfg, "joint")[0] == ["t2i", "local_edit", "global_edit"]
+    train, experts, fields = cfg.train, cfg.experts, cfg.fields
+    assert sft.plan("base", train, experts, fields) == sft.Plan("base", ["t2i"], train.base_steps, train.t_sampling)
+    edit = sft.plan("edit", train, experts, fields)
+    assert (edit.buckets, edit.steps, edit.t_sampling) == (["local_edit", "global_edit"], experts["edit"].steps,
+                                                           train.finetune_t_sampling)
+    assert sft.plan("joint", train, experts, fields).buckets == ["t2i", "local_edit", "global_edit"]
+    with_realism = repo_cfg(fields={"realism": "realism"})
+    assert sft.plan("joint", with_realism.train, with_realism.experts, with_realism.fields).buckets[-1] == "realism"
     with pytest.raises(ValueError, match="unknown model 'bogus'"):
-        train.sft_plan(cfg, "bogus")
+        sft.plan("bogus", train, experts, fields)
+
+
+def test_train_model_writes_a_folder_that_is_a_function_of_params_data_and_seed(shards_dir, tmp_path):
+    """Two identical trainings write byte-identical model folders: no timing is inside."""
+    cfg = tiny_cfg(train={"base_steps": 3, "checkpoint_every": 2, "log_every": 1})
+    plan = sft.plan("base", cfg.train, cfg.experts, cfg.fields)
+    digests = []
+    for run in ("a", "b"):
+        out = tmp_path / run / "base"
+        result = sft.train_model(plan, cfg.train, cfg.model, cfg.compute, shards_dir=shards_dir, out=out, init=None)
+        digests.append({p.name: p.read_bytes() for p in out.iterdir()})
+        assert result.summary()["seconds"] > 0 and result.summary()["steps"] == 3
+        assert not checkpoint.work_dir(out).exists()  # the training state is dropped once the model is saved
+    assert digests[0] == digests[1]
+    log = json.loads(digests[0][checkpoint.LOG])
+    assert log["recipe"]["plan"]["steps"] == 3 and len(log["history"]) == 3
+    assert "samples_per_s" not in json.dumps(log) and "seconds" not in json.dumps(log)

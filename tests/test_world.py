@@ -7,8 +7,8 @@ from dataclasses import replace
 import numpy as np
 import pytest
 
-from pipeline import world as w
-from pipeline.world import Obj, Sample, Scene
+from pipeline.data import world as w
+from pipeline.data.world import Obj, Sample, Scene
 
 N = 240  # per bucket: every category many times, still well under a second to generate
 RC, BS, GT = Obj("circle", "red"), Obj("square", "blue"), Obj("triangle", "green")

@@ -17,9 +17,10 @@ import torch.nn.functional as F
 from safetensors.torch import load_file, save_file
 from torch import Tensor, nn
 
-from pipeline import world
-from pipeline.data import TensorSet, replace_dir
-from pipeline.fields import Cond
+from pipeline.core.batches import TensorSet, load_tensors
+from pipeline.core.fields import Cond
+from pipeline.data import world
+from pipeline.data.shards import replace_dir
 
 CONFIG = "router.json"
 WEIGHTS = "router.safetensors"
@@ -46,7 +47,7 @@ class Router(nn.Module):
         return self(pooled.to(device, torch.float32)).argmax(-1).to(pooled.device)
 
     def route(self, cond: Cond) -> Tensor:
-        """The predicted task of each sample of a batch: a ``route_of`` for ``distill.distill_loss``."""
+        """The predicted task (an index into ``classes``) of each sample of a batch."""
         return self.predict(cond.pooled)
 
     def accuracy(self, tensors: TensorSet) -> float:
@@ -107,3 +108,13 @@ def train_router(train: TensorSet, label_fraction: float, steps: int, lr: float,
     router.eval()
     accuracy = (router.predict(pooled) == task).float().mean().item()
     return router, {"labelled": len(labelled), "train_accuracy": accuracy}
+
+
+def train_from_shards(params, shards_dir: Path, out: Path) -> dict:
+    """Train the router (`params`: the ``router`` section) on the task buckets, save it, return its metrics."""
+    tasks = list(world.TASKS)
+    model, metrics = train_router(load_tensors(shards_dir, tasks, "train"), params.label_fraction, params.steps,
+                                  params.lr, params.seed)
+    metrics["test_accuracy"] = model.accuracy(load_tensors(shards_dir, tasks, "test"))
+    model.save(out)
+    return metrics

@@ -5,8 +5,8 @@ import numpy as np
 import torch
 from torch import Tensor, nn
 
-from pipeline import flow
-from pipeline.fields import Cond, GuidedField
+from pipeline.core import flow
+from pipeline.core.fields import Cond, GuidedField
 
 
 def noise_like(n: int, shape: tuple[int, ...], seed: int) -> Tensor:
@@ -43,22 +43,3 @@ def grid(rows: list[np.ndarray], pad: int = 2) -> np.ndarray:
             y, x = pad + r * (h + pad), pad + c * (w + pad)
             out[y:y + h, x:x + w] = image
     return out
-
-
-PREVIEW_BUCKETS = ("t2i", "local_edit", "global_edit")
-
-
-def preview(model: nn.Module, shards, null, eval_cfg, shift: float, n: int = 8) -> np.ndarray:
-    """A grid on fixed test prompts: T2I outputs, then (source, output) rows per edit bucket."""
-    from pipeline import data
-
-    rows = []
-    for bucket in PREVIEW_BUCKETS:
-        test = data.load_tensors(shards, [bucket], "test", limit=n)
-        x, cond = test.batch(torch.arange(len(test)))
-        out = generate(model, cond, steps=eval_cfg.steps, shift=shift, seed=eval_cfg.seed,
-                       guidance=eval_cfg.guidance, null=null, image_shape=tuple(x.shape[1:]))
-        if bucket != "t2i":
-            rows.append(data.to_uint8(cond.source))
-        rows.append(data.to_uint8(out))
-    return grid(rows)

@@ -59,6 +59,7 @@ GLOBAL_EDIT_CATEGORIES = ("background_change", "style_change")
 EDIT_CATEGORIES = LOCAL_EDIT_CATEGORIES + GLOBAL_EDIT_CATEGORIES
 TASKS = ("t2i", "local_edit", "global_edit")
 BUCKETS = ("t2i", "local_edit", "global_edit", "realism")
+BUCKET_TASK = {"t2i": "t2i", "local_edit": "local_edit", "global_edit": "global_edit", "realism": "t2i"}
 CATEGORIES = {"t2i": T2I_CATEGORIES, "local_edit": LOCAL_EDIT_CATEGORIES,
               "global_edit": GLOBAL_EDIT_CATEGORIES, "realism": T2I_CATEGORIES}
 SPLIT_BASE = {"train": 0, "test": 10**9}
@@ -482,7 +483,7 @@ def make_sample(bucket: str, category: str, seed: int, key: str = "") -> Sample:
         scene, prompt, spec = _t2i(rng, category)
         if bucket == "realism":  # same prompt and scene, only the rendering mode differs
             scene = replace(scene, style="real")
-        return Sample(key, "t2i", category, prompt, None, scene, spec, seed)
+        return Sample(key, BUCKET_TASK[bucket], category, prompt, None, scene, spec, seed)
     edit = _local_edit if bucket == "local_edit" else _global_edit
     source, target, prompt = edit(rng, category)
     return Sample(key, bucket, category, prompt, source, target, None, seed)

@@ -1,7 +1,7 @@
 """Velocity fields: the Field contract, the condition they read, and the operators on them.
 
 A field is anything callable as ``field(x, t, cond) -> v`` with ``v.shape == x.shape``, ``x``
-(B, C, H, W), ``t`` (B,) float in [0, 1] (time convention: ``pipeline.flow``). Every capability
+(B, C, H, W), ``t`` (B,) float in [0, 1] (time convention: ``pipeline.core.flow``). Every capability
 source of DanceOPD is a field: a frozen model (``ModelField``), classifier-free guidance on a field
 (``GuidedField``) and a per-sample choice or average of fields (``RoutedField``). Operators take
 any field and never inspect which kind it is, so they compose: ``GuidedField(RoutedField(...))``.

@@ -23,7 +23,7 @@ import torch
 from torch import Tensor
 
 if TYPE_CHECKING:
-    from pipeline.fields import Field
+    from pipeline.core.fields import Field
 
 # diffusers' FlowMatchEulerDiscreteScheduler default; its grid ends depend on it (see time_grid).
 NUM_TRAIN_TIMESTEPS = 1000

@@ -22,7 +22,7 @@ import math
 
 import numpy as np
 
-from pipeline import world
+from pipeline.data import world
 
 PSNR_CAP = 100.0  # dB; an exact copy of the untouched cells scores this
 

@@ -18,7 +18,7 @@ import torch
 from diffusers import SD3Transformer2DModel
 from torch import Tensor, nn
 
-from pipeline.fields import Cond
+from pipeline.core.fields import Cond
 
 # name -> transformer depth and width; the text/pooled dims come from the text encoder.
 SIZES = {
@@ -129,18 +129,3 @@ def json_config(model: Backbone) -> str:
 
     return json.dumps({k: v for k, v in model.transformer.config.items() if not k.startswith("_")},
                       sort_keys=True, default=str)
-
-
-BASELINES = ("joint", "merge")
-
-
-def model_dir(root: str | Path, name: str, experts) -> Path:
-    """The checkpoint folder of a model name: base, an expert, a baseline, or a student method."""
-    root = Path(root)
-    if name == "base":
-        return root / "base"
-    if name in experts:
-        return root / "experts" / name
-    if name in BASELINES:
-        return root / "baselines" / name
-    return root / "students" / name

@@ -1,4 +1,4 @@
-"""Data on disk: webdataset shards, the pandera-validated manifest, and external-data ingest.
+"""Curated data on disk: webdataset shards and the pandera-validated manifest.
 
 Pixels: float tensors in [-1, 1], NCHW, in memory; PNG uint8 on disk.
 
@@ -9,14 +9,12 @@ A shard is `<shards>/<bucket>/<split>-NNNN.tar`; each sample in it holds
   `<key>.text.npy`    float16 (max_tokens, D) token embeddings of the prompt, padding zeroed
   `<key>.pooled.npy`  float16 (D,) pooled prompt embedding
 Tar members carry fixed metadata (mtime 0, fixed owner) and sorted names, so the same params give
-byte-identical shards and DVC sees no spurious change.
-
-External edit data is a CSV with columns uid,task,prompt,source_image,target_image (image paths
-relative to the CSV); it becomes the bucket `external`, split by a hash of uid.
+byte-identical shards and DVC sees no spurious change. Beside the buckets' folders, `null.npz`
+holds the empty prompt's embeddings (the null condition of CFG). External edit data
+(`pipeline.data.external`) becomes the bucket `external`.
 """
 from __future__ import annotations
 
-import hashlib
 import io
 import json
 import os
@@ -32,14 +30,12 @@ import pandera.pandas as pa
 import torch
 from PIL import Image
 
-from pipeline import world
-from pipeline.fields import Cond
+from pipeline.data import world
 
 EXTERNAL = "external"
 BUCKETS = world.BUCKETS + (EXTERNAL,)
 SPLITS = ("train", "test")
 NULL_FILE = "null.npz"  # the empty prompt's embedding, the null condition of CFG
-EXTERNAL_COLUMNS = ["uid", "task", "prompt", "source_image", "target_image"]
 
 MANIFEST_SCHEMA = pa.DataFrameSchema(
     {
@@ -57,17 +53,6 @@ MANIFEST_SCHEMA = pa.DataFrameSchema(
     checks=pa.Check(lambda df: df["has_source"] == (df["task"] != "t2i"), error="edits have a source, t2i not"),
     strict=True,
     ordered=True,
-)
-
-EXTERNAL_SCHEMA = pa.DataFrameSchema(
-    {
-        "uid": pa.Column(str, pa.Check.str_length(min_value=1), unique=True),
-        "task": pa.Column(str, pa.Check.isin(["local_edit", "global_edit"])),
-        "prompt": pa.Column(str, pa.Check.str_length(min_value=1)),
-        "source_image": pa.Column(str, pa.Check.str_length(min_value=1)),
-        "target_image": pa.Column(str, pa.Check.str_length(min_value=1)),
-    },
-    strict=True,
 )
 
 
@@ -168,14 +153,15 @@ def _manifest_row(record: dict, shard: str) -> dict:
     }
 
 
-def world_items(bucket: str, split: str, n: int, size: int) -> list[tuple[dict, np.ndarray, np.ndarray | None]]:
-    """Render `n` ShapesEdit samples of a bucket/split as (record, image, source) items."""
-    items = []
-    for sample in world.make_bucket(bucket, split, n):
-        record = sample.to_dict() | dict(zip(RECORD_EXTRAS, (bucket, split, sample.key)))
-        source = None if sample.source is None else world.render(sample.source, size)
-        items.append((record, world.render(sample.target, size), source))
-    return items
+def describe_failures(err: pa.errors.SchemaErrors, row_offset: int = 0) -> str:
+    lines = []
+    for case in err.failure_cases.head(5).itertuples():
+        column = case.column if isinstance(case.column, str) else "(table)"
+        row = "" if pd.isna(case.index) else f"row {int(case.index) + row_offset}, "
+        lines.append(f"{row}column {column!r}: {case.check} failed (value {case.failure_case!r})")
+    more = len(err.failure_cases) - len(lines)
+    return "; ".join(lines) + (f"; and {more} more" if more > 0 else "")
+
 
 
 def validate_manifest(df: pd.DataFrame, where: str) -> pd.DataFrame:
@@ -183,7 +169,7 @@ def validate_manifest(df: pd.DataFrame, where: str) -> pd.DataFrame:
     try:
         return MANIFEST_SCHEMA.validate(df, lazy=True)
     except pa.errors.SchemaErrors as err:
-        raise DataError(f"{where}: {_describe_failures(err)}") from err
+        raise DataError(f"{where}: {describe_failures(err)}") from err
 
 
 def write_manifest(rows: list[dict], path: Path) -> pd.DataFrame:
@@ -265,135 +251,3 @@ def read_records(root: str | Path, bucket: str, split: str) -> list[Record]:
     return [r for path in shard_paths(root, bucket, split) for r in read_shard(path)]
 
 
-@dataclass
-class TensorSet:
-    """Records of one or more buckets as stacked tensors, for sampling training batches."""
-
-    image: torch.Tensor  # (N, 3, H, W) uint8 targets
-    source: torch.Tensor  # (N, 3, H, W) uint8 sources (anything for T2I rows: masked out)
-    has_source: torch.Tensor  # (N,) bool
-    text: torch.Tensor  # (N, L, D) float16
-    pooled: torch.Tensor  # (N, D) float16
-    task: torch.Tensor  # (N,) long index into world.TASKS
-    records: list[Record]
-
-    def __len__(self) -> int:
-        return len(self.records)
-
-    def batch(self, idx: torch.Tensor) -> tuple[torch.Tensor, Cond]:
-        """Images (B, 3, H, W) in [-1, 1] and their condition, for the indices `idx`."""
-        x = self.image[idx].float() / 127.5 - 1.0
-        keep = self.has_source[idx].view(-1, 1, 1, 1)  # (B, 1, 1, 1)
-        # A T2I row's source is exactly 0.0, what the backbone feeds for `source=None`.
-        source = torch.where(keep, self.source[idx].float() / 127.5 - 1.0, 0.0)  # (B, 3, H, W)
-        cond = Cond(text=self.text[idx].float(), pooled=self.pooled[idx].float(), source=source,
-                    route=self.task[idx])
-        return x, cond
-
-
-def load_tensors(root: str | Path, buckets: list[str], split: str, limit: int | None = None) -> TensorSet:
-    """Stack the records of `buckets` (the first `limit` of each, if given)."""
-    records = [r for b in buckets for r in read_records(root, b, split)[:limit]]
-    image = np.stack([r.image for r in records])
-    source = np.stack([r.source if r.source is not None else np.zeros_like(r.image) for r in records])
-    return TensorSet(
-        image=torch.from_numpy(image).permute(0, 3, 1, 2).contiguous(),
-        source=torch.from_numpy(source).permute(0, 3, 1, 2).contiguous(),
-        has_source=torch.tensor([r.source is not None for r in records]),
-        text=torch.from_numpy(np.stack([r.text for r in records])),
-        pooled=torch.from_numpy(np.stack([r.pooled for r in records])),
-        task=torch.tensor([world.TASKS.index(r.task) for r in records]),
-        records=records,
-    )
-
-
-# --- external data ------------------------------------------------------------------------------
-
-def _describe_failures(err: pa.errors.SchemaErrors, row_offset: int = 0) -> str:
-    lines = []
-    for case in err.failure_cases.head(5).itertuples():
-        column = case.column if isinstance(case.column, str) else "(table)"
-        row = "" if pd.isna(case.index) else f"row {int(case.index) + row_offset}, "
-        lines.append(f"{row}column {column!r}: {case.check} failed (value {case.failure_case!r})")
-    more = len(err.failure_cases) - len(lines)
-    return "; ".join(lines) + (f"; and {more} more" if more > 0 else "")
-
-
-def _read_external_csv(path: Path) -> pd.DataFrame:
-    try:
-        df = pd.read_csv(path, dtype=str, keep_default_na=False)
-    except (OSError, pd.errors.ParserError) as err:
-        raise DataError(f"{path}: cannot read CSV: {err}") from err
-    df.index = df.index + 1  # rows are numbered from 1, as a person counts data rows
-    missing = [c for c in EXTERNAL_COLUMNS if c not in df.columns]
-    if missing:
-        raise DataError(f"{path}: missing column {missing[0]!r} (expected {EXTERNAL_COLUMNS})")
-    try:
-        return EXTERNAL_SCHEMA.validate(df, lazy=True)
-    except pa.errors.SchemaErrors as err:
-        raise DataError(f"{path}: {_describe_failures(err)}") from err
-
-
-def _load_image(path: Path, size: int, where: str) -> np.ndarray:
-    try:
-        with Image.open(path) as img:
-            img = img.convert("RGB")
-            if img.size != (size, size):
-                img = img.resize((size, size), Image.Resampling.BICUBIC)
-            return np.asarray(img)
-    except (OSError, ValueError) as err:
-        raise DataError(f"{where}: cannot read image {str(path)!r}: {err}") from err
-
-
-def _external_split(uid: str, test_fraction: float) -> str:
-    digest = int(hashlib.sha256(uid.encode()).hexdigest()[:8], 16)
-    return "test" if digest / 0xFFFFFFFF < test_fraction else "train"
-
-
-def external_items(csv: str | Path, size: int, test_fraction: float) -> dict[str, list]:
-    """Validate an external edit CSV and load all its images; {split: [(record, image, source)]}.
-
-    Everything is read and checked before anything is written, so a bad row leaves no output.
-    """
-    csv = Path(csv)
-    df = _read_external_csv(csv)
-    items: dict[str, list] = {split: [] for split in SPLITS}
-    for row in df.itertuples():
-        where = f"{csv}: row {row.Index}"
-        source = _load_image(csv.parent / row.source_image, size, f"{where}, column 'source_image'")
-        target = _load_image(csv.parent / row.target_image, size, f"{where}, column 'target_image'")
-        split = _external_split(row.uid, test_fraction)
-        record = {
-            "key": f"{EXTERNAL}-{split}-{len(items[split]):06d}", "uid": row.uid, "bucket": EXTERNAL,
-            "split": split, "task": row.task, "category": EXTERNAL, "prompt": row.prompt,
-            "source_image": row.source_image, "target_image": row.target_image, "seed": -1,
-            "source": None, "target": None, "spec": None,  # scenes are unknown for external data
-        }
-        items[split].append((record, target, source))
-    return items
-
-
-def curate(cfg_world, cfg_data, encoder, shards: Path, manifest: Path) -> pd.DataFrame:
-    """Write every bucket's shards and the manifest; nothing is left half-written on error."""
-    external = {}
-    if cfg_data.external_csv:  # read and check it all before writing anything
-        external = external_items(cfg_data.external_csv, cfg_world.size, cfg_data.external_test_fraction)
-    tmp = shards.with_name(shards.name + ".tmp")
-    shutil.rmtree(tmp, ignore_errors=True)
-    try:
-        rows = []
-        for bucket in world.BUCKETS:
-            for split, n in (("train", cfg_data.train_per_bucket), ("test", cfg_data.test_per_bucket)):
-                items = world_items(bucket, split, n, cfg_world.size)
-                rows += write_bucket(items, encoder, tmp, bucket, split, cfg_data.shard_size)
-        for split, items in external.items():
-            if items:
-                rows += write_bucket(items, encoder, tmp, EXTERNAL, split, cfg_data.shard_size)
-        validate_manifest(pd.DataFrame(rows, columns=list(MANIFEST_SCHEMA.columns)), str(manifest))
-        text, pooled = encoder.null()
-        np.savez(tmp / NULL_FILE, text=text.astype(np.float16), pooled=pooled.astype(np.float16))
-    except BaseException:
-        shutil.rmtree(tmp, ignore_errors=True)
-        raise
-    replace_dir(tmp, shards)
-    return write_manifest(rows, manifest)

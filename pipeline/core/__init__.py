@@ -1,0 +1,1 @@
+"""The model stack: flow, fields, batches, backbone, the routed teacher, compute, checkpoints."""

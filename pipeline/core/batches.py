@@ -1,0 +1,103 @@
+"""Batches: curated records as stacked tensors, and the seeded batch streams training draws from.
+
+A `TensorSet` holds one or more buckets in memory (uint8 images, float16 text embeddings) and
+turns row indices into a batch ``(x, cond)``: x (B, 3, H, W) float in [-1, 1] (the pixel
+convention of `pipeline.data.shards`) and a `Cond`. Each row carries its ``task`` (an index into
+`world.TASKS`) and, when the set was loaded for a routed teacher, its ``route`` (an index into
+that teacher's routes, `pipeline.core.teacher`), a separate column: the realism bucket's rows are
+T2I tasks on their own route.
+
+`random_batches` is the stream every training stage iterates: rows drawn with replacement from a
+`torch.Generator`, uniformly or by per-row weights (`bucket_weights`). It draws lazily, one batch
+per `next`, so a training loop that checkpoints the generator checkpoints the stream too.
+"""
+from __future__ import annotations
+
+from collections import Counter
+from collections.abc import Iterator, Mapping
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import torch
+from torch import Tensor
+
+from pipeline.core.fields import Cond
+from pipeline.data import shards, world
+
+Batch = tuple[Tensor, Cond]  # x (B, C, H, W) in [-1, 1], its condition
+
+
+@dataclass
+class TensorSet:
+    """Records of one or more buckets as stacked tensors, for drawing batches."""
+
+    image: Tensor  # (N, 3, H, W) uint8 targets
+    source: Tensor  # (N, 3, H, W) uint8 sources (anything for T2I rows: masked out)
+    has_source: Tensor  # (N,) bool
+    text: Tensor  # (N, L, D) float16
+    pooled: Tensor  # (N, D) float16
+    task: Tensor  # (N,) long index into world.TASKS
+    route: Tensor | None  # (N,) long index into a teacher's routes; None when not loaded for one
+    records: list[shards.Record]
+
+    def __len__(self) -> int:
+        return len(self.records)
+
+    def batch(self, idx: Tensor) -> Batch:
+        """Images (B, 3, H, W) in [-1, 1] and their condition, for the indices `idx`."""
+        x = self.image[idx].float() / 127.5 - 1.0
+        keep = self.has_source[idx].view(-1, 1, 1, 1)  # (B, 1, 1, 1)
+        # A T2I row's source is exactly 0.0, what the backbone feeds for `source=None`.
+        source = torch.where(keep, self.source[idx].float() / 127.5 - 1.0, 0.0)  # (B, 3, H, W)
+        route = None if self.route is None else self.route[idx]
+        return x, Cond(text=self.text[idx].float(), pooled=self.pooled[idx].float(), source=source, route=route)
+
+
+def load_tensors(root: str | Path, buckets: list[str], split: str, limit: int | None = None,
+                 route_of_bucket: Mapping[str, int] | None = None) -> TensorSet:
+    """Stack the records of `buckets` (the first `limit` of each, if given).
+
+    `route_of_bucket` (bucket -> route index, `teacher.route_index`) fills the route column.
+    """
+    records = [r for b in buckets for r in shards.read_records(root, b, split)[:limit]]
+    route = None
+    if route_of_bucket is not None:
+        if unrouted := sorted({r.bucket for r in records} - set(route_of_bucket)):
+            raise ValueError(f"load_tensors: no route takes the bucket(s) {unrouted}")
+        route = torch.tensor([route_of_bucket[r.bucket] for r in records])
+    image = np.stack([r.image for r in records])
+    source = np.stack([r.source if r.source is not None else np.zeros_like(r.image) for r in records])
+    return TensorSet(
+        image=torch.from_numpy(image).permute(0, 3, 1, 2).contiguous(),
+        source=torch.from_numpy(source).permute(0, 3, 1, 2).contiguous(),
+        has_source=torch.tensor([r.source is not None for r in records]),
+        text=torch.from_numpy(np.stack([r.text for r in records])),
+        pooled=torch.from_numpy(np.stack([r.pooled for r in records])),
+        task=torch.tensor([world.TASKS.index(r.task) for r in records]),
+        route=route,
+        records=records,
+    )
+
+
+def bucket_weights(data: TensorSet, weights: Mapping[str, float]) -> Tensor:
+    """(N,) sampling weights: bucket m drawn with probability ∝ weights[m], rows uniform within it."""
+    buckets = [r.bucket for r in data.records]
+    counts = Counter(buckets)
+    if missing := sorted(set(counts) - set(weights)):
+        raise ValueError(f"routing.weights: no weight for the bucket(s) {missing} in the data")
+    return torch.tensor([weights[b] / counts[b] for b in buckets], dtype=torch.float64)
+
+
+def draw_rows(n: int, batch: int, generator: torch.Generator, weights: Tensor | None = None) -> Tensor:
+    """(batch,) row indices drawn with replacement: uniform, or by the per-row weights."""
+    if weights is None:
+        return torch.randint(n, (batch,), generator=generator)
+    return torch.multinomial(weights, batch, replacement=True, generator=generator)
+
+
+def random_batches(data: TensorSet, batch_size: int, generator: torch.Generator,
+                   weights: Tensor | None = None) -> Iterator[Batch]:
+    """An endless stream of batches of `data`, rows drawn from `generator` one batch at a time."""
+    while True:
+        yield data.batch(draw_rows(len(data), batch_size, generator, weights))

@@ -1,0 +1,1 @@
+"""The data layer: ShapesEdit world, text encoder, webdataset shards, external edit ingest."""

@@ -1,0 +1,1 @@
+"""Evaluation: the evaluator (scene parser + domain CLIP), the metrics, sampling and evaluating a model."""

@@ -1,0 +1,178 @@
+"""DanceOPD's distillation step, as pure pieces: rollout, query states, routed target, loss.
+
+One step (DESIGN §6, PAPER §1) on a batch (x, cond) whose ``cond.route`` names each sample's
+route: roll the **current student** out from noise with no grad and no guidance,
+``rollout_steps`` (R) Euler steps on the SD3-shifted grid of ``flow.time_grid`` (`rollout`); pick
+K of its R pre-step states per sample (`query_indices`: index 0 is the noise, R-1 the last state
+before the final step; the clean end state is never a candidate) — or, for the off-policy
+baseline, forward-noise the data to the same t (`query_states`); evaluate the routed teacher
+field there under no grad (`routed_target`); regress the student's velocity at the same state,
+t and condition onto it with a plain MSE, no timestep weighting (`field_loss`). `distill_step`
+composes them into a step function for `pipeline.train.loop.fit`. Time, path and velocity follow
+``pipeline.core.flow`` (t = 1 is noise); fields follow ``pipeline.core.fields``.
+
+A method (`pipeline.config.Method`: the ``distill`` params, ``routing.mode`` and the overrides of
+``distill.methods.<name>``, resolved by the config) selects among these: DanceOPD itself, the
+off-policy baseline, dense DiffusionOPD-style queries and soft routing are all the same code.
+"""
+from __future__ import annotations
+
+import dataclasses
+from collections.abc import Callable, Iterator, Sequence
+from pathlib import Path
+
+import torch
+from torch import Tensor, nn
+
+from pipeline.core import backbone, checkpoint, compute, flow, teacher
+from pipeline.core.batches import Batch, bucket_weights, load_tensors, random_batches
+from pipeline.core.fields import Cond, Field
+from pipeline.data import shards
+from pipeline.train.loop import Fit, Loop, StepFn, fit
+from pipeline.train.router import Router
+
+# u ~ Beta(a, b) over the high-to-low-noise rollout list, index = floor(R u): "low" is the
+# low-noise (late) end. Beta(1, 1) is the uniform distribution.
+QUERY_BETA = {"low": (5, 2), "mid": (5, 5), "high": (2, 5), "uniform": (1, 1)}
+RETRIES = 50  # per query, the reference's budget of Beta draws for K distinct indices
+
+
+def query_indices(n_states: int, batch: int, k: int, query: str,
+                  generator: torch.Generator | None = None) -> Tensor:
+    """(batch, k) long rollout indices, floor(n_states u) with u ~ the query's Beta; distinct, sorted per row.
+
+    For k > 1 a row takes the first k distinct values of up to 50 k draws (the reference's
+    resampling), then random unused indices if that budget ran out.
+    """
+    if query not in QUERY_BETA:
+        raise ValueError(f"distill.query: expected one of {list(QUERY_BETA)}, got {query!r}")
+    if not 1 <= k <= n_states:
+        raise ValueError(f"distill.queries: {k} queries need 1..{n_states} rollout states")
+    if k == n_states:  # every state: nothing to draw
+        return torch.arange(n_states).expand(batch, k).clone()
+    if k == 1:
+        return _beta_indices(n_states, (batch, 1), query, generator)
+    draws = _beta_indices(n_states, (batch, RETRIES * k), query, generator)  # (B, 50K)
+    rows = []
+    for row in draws.tolist():
+        chosen = list(dict.fromkeys(row))[:k]  # first occurrences, in draw order
+        if len(chosen) < k:
+            unused = [i for i in range(n_states) if i not in chosen]
+            chosen += [unused[i] for i in torch.randperm(len(unused), generator=generator)[:k - len(chosen)]]
+        rows.append(sorted(chosen))
+    return torch.tensor(rows, dtype=torch.long)  # (B, K)
+
+
+def _beta_indices(n_states: int, shape: tuple[int, int], query: str, generator) -> Tensor:
+    """floor(n_states u), u ~ Beta(a, b) as the a-th smallest of a + b - 1 uniforms (integer a, b)."""
+    a, b = QUERY_BETA[query]
+    u = torch.rand(*shape, a + b - 1, generator=generator).sort(dim=-1).values[..., a - 1]  # shape
+    return (u * n_states).long().clamp_(max=n_states - 1)
+
+
+@torch.no_grad()
+def rollout(student: nn.Module | Field, noise: Tensor, cond: Cond, steps: int, shift: float) -> flow.Trajectory:
+    """The student's own unguided Euler trajectory from ``noise``, batched, with no grad (stop-gradient)."""
+    grid = flow.time_grid(steps, shift).to(noise.device)  # (R + 1,) from 1 to exactly 0
+    return flow.euler_sample(student, noise, cond, grid, keep_states=True)  # states (R, B, C, H, W)
+
+
+def query_states(student: nn.Module, x: Tensor, cond: Cond, method, shift: float, gen: torch.Generator,
+                 device: torch.device) -> tuple[Tensor, Tensor, Tensor]:
+    """(x_t (B*K, C, H, W), t (B*K,), owner (B*K,)): K query states per sample, and the sample of each.
+
+    On-policy: the student's own rollout states at the drawn indices; off-policy: the data
+    forward-noised with fresh noise to the same t. Draws the indices, then the noise, from ``gen``.
+    """
+    b, R, K = len(x), method.rollout_steps, method.queries
+    idx = query_indices(R, b, K, method.query, gen)  # (B, K)
+    owner = torch.arange(b).repeat_interleave(K)  # (B*K,) the sample of each query
+    t = flow.time_grid(R, shift)[idx.flatten()].to(device)  # (B*K,)
+    if method.states == "on_policy":
+        noise = torch.randn(x.shape, generator=gen).to(device)  # (B, C, H, W)
+        trajectory = rollout(student, noise, cond.to(device), R, shift)  # states (R, B, C, H, W)
+        return trajectory.states[idx.flatten().to(device), owner.to(device)], t, owner  # (B*K, C, H, W)
+    noise = torch.randn((b * K, *x.shape[1:]), generator=gen).to(device)  # (B*K, C, H, W)
+    return flow.interpolate(x[owner].to(device), noise, t), t, owner  # (B*K, C, H, W)
+
+
+@torch.no_grad()
+def routed_target(teacher: Field, x_t: Tensor, t: Tensor, cond: Cond) -> Tensor:
+    """The teacher's velocity at the query states: a fixed target, no graph whatever the teacher wraps."""
+    return teacher(x_t, t, cond).detach().float()  # (B*K, C, H, W)
+
+
+def loss_scale(method) -> float:
+    """The weight of the sum over the K query slots: 1/K (mean), or DiffusionOPD's dt^2/2 = 0.5/R^2."""
+    return 0.5 / method.rollout_steps**2 if method.weighting == "diffusionopd" else 1.0 / method.queries
+
+
+def field_loss(v: Tensor, target: Tensor, queries: int, scale: float) -> Tensor:
+    """scale * sum over the K query slots of the slot's MSE; v, target (B*K, C, H, W), sample-major."""
+    per_state = (v.float() - target).pow(2).reshape(-1, queries, v[0].numel()).mean(dim=(0, 2))  # (K,)
+    return scale * per_state.sum()
+
+
+def distill_step(teacher: Field, method, shift: float, device: torch.device) -> StepFn:
+    """The distillation loss of one routed batch, as a step function for `fit`."""
+    scale = loss_scale(method)
+
+    def step(student: nn.Module, batch: Batch, gen: torch.Generator) -> Tensor:
+        x, cond = batch  # (B, C, H, W)
+        x_t, t, owner = query_states(student, x, cond, method, shift, gen, device)
+        cond = cond[owner].to(device)  # the condition of each query's sample
+        target = routed_target(teacher, x_t, t, cond)
+        return field_loss(student(x_t, t, cond), target, method.queries, scale)  # student: with grad
+
+    return step
+
+
+def relabelled(batches: Iterator[Batch], route_of: Callable[[Cond], Tensor]) -> Iterator[Batch]:
+    """The batches with each sample's route replaced by ``route_of(cond)`` (e.g. a router's prediction)."""
+    for x, cond in batches:
+        yield x, dataclasses.replace(cond, route=route_of(cond).to("cpu", torch.long))
+
+
+def router_routes(router: Router, routes: Sequence[teacher.Route]) -> Callable[[Cond], Tensor]:
+    """Each sample's route from the router's predicted task; a sample on a route the router does
+    not predict (realism: its prompts are T2I prompts) keeps its labelled route."""
+    index = teacher.route_index(routes)
+    task_route = torch.tensor([index[task] for task in router.classes])  # predicted class -> route
+    predicted = torch.tensor([any(b in router.classes for b in r.buckets) for r in routes])  # (n_routes,)
+
+    def route_of(cond: Cond) -> Tensor:
+        return torch.where(predicted[cond.route], task_route[router.route(cond).cpu()], cond.route)
+
+    return route_of
+
+
+def train_student(method, fields, routing, train, shift: float, compute_params, *, shards_dir: Path, base: Path,
+                  experts: Path, router_dir: Path, out: Path, name: str, on_log=None) -> Fit:
+    """Distil every routed field into one student by `method` and save it to `out`.
+
+    `base` and `experts` (the experts' root) hold the source checkpoints the routes and the init name.
+    """
+    device = compute.setup(compute_params)
+    routes, null = teacher.routes(fields), shards.read_null(shards_dir)
+    sources = checkpoint.source_folders(base, experts, [r.source for r in routes] + [method.init])
+    target_field = teacher.load_teacher(routes, sources, device, method.routing_mode,
+                                        fields.guidance_scale if fields.absorb_guidance else None, null)
+    data = load_tensors(shards_dir, teacher.buckets(routes), "train", route_of_bucket=teacher.route_index(routes))
+    rng = torch.Generator().manual_seed(train.seed)
+    batches = random_batches(data, method.batch_size, rng, bucket_weights(data, routing.weights))
+    if routing.source == "router":
+        batches = relabelled(batches, router_routes(Router.load(router_dir), routes))
+    student = backbone.load(sources[method.init])
+    loop = Loop(steps=method.steps, lr=method.lr, weight_decay=train.weight_decay, grad_clip=train.grad_clip,
+                ema=0.0, grad_accum=method.grad_accum, checkpoint_every=train.checkpoint_every,  # no EMA for
+                log_every=train.log_every, compile=compute_params.compile)  # students, as the paper's code
+    recipe = {"method": method.model_dump(), "routes": [dataclasses.asdict(r) for r in routes],
+              "absorb_guidance": fields.absorb_guidance, "guidance_scale": fields.guidance_scale,
+              "routing": {"source": routing.source, "weights": routing.weights}, "shift": shift,
+              "seed": train.seed, "loop": dataclasses.asdict(loop)}
+    work = checkpoint.work_dir(out)
+    result = fit(student, distill_step(target_field, method, shift, device), batches, loop, rng=rng, work=work,
+                 run_id=checkpoint.fingerprint(recipe), device=device, on_log=on_log)
+    checkpoint.save_model(result.model, out, {"name": name, "recipe": recipe, "history": result.history})
+    checkpoint.finish(work)
+    return result

@@ -1,0 +1,106 @@
+"""Flow-matching SFT: the base, the experts and the joint baseline, as one step function.
+
+The step (DESIGN §2): velocity MSE on forward-noised data, ``x_t = (1 - t) x + t noise``, target
+``noise - x``, t drawn by the model's t-sampling, with condition dropout (the null text, a zero
+source) so that every model also learns the null field CFG needs at sampling time.
+
+What each model trains on is its `Plan` (`plan`): the base on the t2i bucket for
+``train.base_steps`` from scratch with ``train.t_sampling``; an expert on its ``experts.<name>``
+buckets for its steps; joint on every routed bucket for ``train.joint_steps``, both fine-tuned
+from base with ``train.finetune_t_sampling``.
+"""
+from __future__ import annotations
+
+import dataclasses
+from pathlib import Path
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor, nn
+
+from pipeline.core import backbone, checkpoint, compute, flow
+from pipeline.core.batches import Batch, load_tensors, random_batches
+from pipeline.data import shards, world
+from pipeline.train.loop import Fit, Loop, StepFn, fit
+
+
+@dataclasses.dataclass(frozen=True)
+class Plan:
+    """What one SFT model trains on, for how long, with which t density."""
+
+    name: str
+    buckets: list[str]
+    steps: int
+    t_sampling: str
+
+
+def plan(name: str, train, experts, fields) -> Plan:
+    """The plan of the SFT model `name`: base, an expert name, or joint."""
+    if name == "base":
+        return Plan(name, ["t2i"], train.base_steps, train.t_sampling)
+    if name == "joint":  # the multi-task SFT baseline on every routed bucket
+        buckets = list(world.TASKS) + (["realism"] if fields.realism else [])
+        return Plan(name, buckets, train.joint_steps, train.finetune_t_sampling)
+    if (expert := experts.get(name)) is None:
+        raise ValueError(f"train: unknown model {name!r}; expected base, joint or one of experts {sorted(experts)}")
+    return Plan(name, list(expert.buckets), expert.steps, train.finetune_t_sampling)
+
+
+def flow_matching_step(t_sampling: str, drop_text: float, drop_source: float, null: tuple[Tensor, Tensor],
+                       device: torch.device) -> StepFn:
+    """The SFT loss of one batch, drawing noise, t and the dropout masks from the generator."""
+    null_text, null_pooled = null  # (L, D), (D,)
+
+    def step(model: nn.Module, batch: Batch, gen: torch.Generator) -> Tensor:
+        x, cond = batch  # (B, 3, H, W)
+        b = len(x)
+        noise = torch.randn(x.shape, generator=gen)
+        t = flow.sample_t(b, t_sampling, generator=gen)  # (B,)
+        no_text = torch.rand(b, generator=gen) < drop_text  # (B,)
+        no_source = torch.rand(b, generator=gen) < drop_source
+        cond = dataclasses.replace(  # the null condition CFG needs at sampling time
+            cond, text=torch.where(no_text.view(-1, 1, 1), null_text, cond.text),
+            pooled=torch.where(no_text.view(-1, 1), null_pooled, cond.pooled),
+            source=torch.where(no_source.view(-1, 1, 1, 1), 0.0, cond.source))
+        v = model(flow.interpolate(x, noise, t).to(device), t.to(device), cond.to(device))
+        return F.mse_loss(v.float(), flow.target_velocity(x, noise).to(device))
+
+    return step
+
+
+def new_model(model_params, seed: int, image_size: int, text_dim: int) -> backbone.Backbone:
+    """A backbone from `model.pretrained` or, when that is empty, from the size registry."""
+    if model_params.pretrained:
+        return backbone.load_pretrained(model_params.pretrained, text_dim)
+    torch.manual_seed(seed)  # initial weights are part of "same seed, same result"
+    return backbone.build(model_params.size, model_params.patch_size, image_size, text_dim)
+
+
+def train_model(plan: Plan, train, model_params, compute_params, *, shards_dir: Path, out: Path,
+                init: Path | None, on_log=None) -> Fit:
+    """Train the SFT model of `plan` (from `init`, or from scratch) and save it to `out`."""
+    device = compute.setup(compute_params)
+    data = load_tensors(shards_dir, plan.buckets, "train")
+    model = backbone.load(init) if init else new_model(model_params, train.seed, data.image.shape[-1],
+                                                        data.text.shape[-1])
+    step = flow_matching_step(plan.t_sampling, train.drop_text, train.drop_source, shards.read_null(shards_dir),
+                              device)
+    loop = Loop(steps=plan.steps, lr=train.lr, weight_decay=train.weight_decay, grad_clip=train.grad_clip,
+                ema=train.ema, grad_accum=train.grad_accum, checkpoint_every=train.checkpoint_every,
+                log_every=train.log_every, compile=compute_params.compile)
+    recipe = {"plan": dataclasses.asdict(plan), "loop": dataclasses.asdict(loop), "batch_size": train.batch_size,
+              "drop_text": train.drop_text, "drop_source": train.drop_source, "seed": train.seed,
+              "init": str(init) if init else  # a fine-tune's architecture is its init's; a new model's is params'
+              {key: getattr(model_params, key) for key in ("size", "patch_size", "pretrained")}}
+    rng = torch.Generator().manual_seed(train.seed)
+    work = checkpoint.work_dir(out)
+    result = fit(model, step, random_batches(data, train.batch_size, rng), loop, rng=rng, work=work,
+                 run_id=checkpoint.fingerprint(recipe, _shard_digest(shards_dir, plan.buckets)), device=device,
+                 on_log=on_log)
+    checkpoint.save_model(result.model, out, {"name": plan.name, "recipe": recipe, "history": result.history})
+    checkpoint.finish(work)
+    return result
+
+
+def _shard_digest(shards_dir: Path, buckets: list[str]) -> list[tuple[str, int]]:
+    return [(p.name, p.stat().st_size) for b in buckets for p in shards.shard_paths(shards_dir, b, "train")]
