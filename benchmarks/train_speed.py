@@ -1,7 +1,7 @@
 """Benchmark: parameters, SFT samples/s and no-grad forward samples/s of a backbone on this machine.
 
     python -m benchmarks.train_speed                 # the params.yaml backbone at train.batch_size
-    python -m benchmarks.train_speed --size M --patch-size 2 --batch-size 32
+    python -m benchmarks.train_speed --preset M --patch-size 2 --batch-size 32
 """
 from __future__ import annotations
 
@@ -26,15 +26,15 @@ def timed(fn, repeats: int) -> float:
 def main() -> None:
     params = config.load()
     parser = argparse.ArgumentParser(description=__doc__)
-    parser.add_argument("--size", default=params.model.size)
+    parser.add_argument("--preset", default=params.model.preset)
     parser.add_argument("--patch-size", type=int, default=params.model.patch_size)
     parser.add_argument("--batch-size", type=int, default=params.train.batch_size)
     parser.add_argument("--repeats", type=int, default=5)
     args = parser.parse_args()
 
     torch.manual_seed(0)
-    size, b = params.world.size, args.batch_size
-    model = backbone.build(args.size, args.patch_size, size, 384)
+    size, b = params.world.resolution, args.batch_size
+    model = backbone.build(args.preset, args.patch_size, size, 384)
     opt = torch.optim.AdamW(model.parameters(), lr=1e-4)
     x, noise = torch.randn(b, 3, size, size), torch.randn(b, 3, size, size)
     cond = Cond(torch.randn(b, params.text.max_tokens, 384), torch.randn(b, 384), torch.randn(b, 3, size, size))
@@ -51,7 +51,7 @@ def main() -> None:
         model(x, torch.rand(b), cond)
 
     step_s, fwd_s = timed(sft_step, args.repeats), timed(forward, args.repeats)
-    print(f"backbone {args.size} patch {args.patch_size}: {backbone.param_count(model) / 1e6:.2f}M params, "
+    print(f"backbone {args.preset} patch {args.patch_size}: {backbone.param_count(model) / 1e6:.2f}M params, "
           f"{torch.get_num_threads()} threads, batch {b}")
     print(f"  SFT step   {step_s:.3f} s  = {b / step_s:7.0f} samples/s")
     print(f"  forward    {fwd_s:.3f} s  = {b / fwd_s:7.0f} samples/s (no grad)")

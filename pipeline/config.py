@@ -1,7 +1,9 @@
 """Strict, typed loader of params.yaml: the single validator of every parameter.
 
 Each section of params.yaml is a pydantic model below; `load()` returns a `Config` holding one of
-each. Everything is checked once, at load, before a stage does any work: an unknown or missing
+each. The file is read as YAML 1.2, as DVC reads it, so ``-S fields.cfg=yes`` is the string "yes"
+(an error), not YAML 1.1's true, and ``1e-3`` is a number. Everything is checked once, at load,
+before a stage does any work: an unknown or missing
 key, a value of the wrong type (no coercion: ``"2"`` is not an int), an enum value outside its
 choices, a number out of range, and the cross-section rules in `_check` (a field or init that
 names no source model, a method whose K exceeds R, a route without a weight). A `ConfigError`
@@ -33,8 +35,8 @@ import typing
 from pathlib import Path
 from typing import Annotated, Any, Literal
 
-import yaml
 from pydantic import BaseModel, ConfigDict, Field, PrivateAttr, ValidationError
+from ruamel.yaml import YAML, YAMLError
 
 from pipeline.data import world
 
@@ -47,7 +49,7 @@ PositiveFloat = Annotated[float, Field(gt=0)]
 Probability = Annotated[float, Field(ge=0, le=1)]
 # The buckets of curated data: the world's, and "external" (pipeline.data.external's ingest).
 Bucket = Literal[world.BUCKETS + ("external",)]
-ModelSize = Literal["tiny", "S", "M", "B"]  # pipeline.core.backbone.SIZES (a test keeps them equal)
+ModelPreset = Literal["tiny", "S", "M", "B"]  # pipeline.core.backbone.PRESETS (a test keeps them equal)
 TSampling = Literal["logit_normal", "uniform"]
 Query = Literal["low", "mid", "high", "uniform"]
 Weighting = Literal["mean", "diffusionopd"]
@@ -116,7 +118,7 @@ class _TracedSections(dict):
 
 
 class World(Section):
-    size: Positive  # canvas side in pixels; the 2x2 grid of cells scales with it
+    resolution: Positive  # canvas side in pixels; the 2x2 grid of cells scales with it
 
 
 class Data(Section):
@@ -134,10 +136,10 @@ class Text(Section):
 
 
 class Model(Section):
-    size: ModelSize
+    preset: ModelPreset  # a backbone depth/width from the registry
     patch_size: Positive
     shift: PositiveFloat  # SD3 time shift of the sampling grid
-    pretrained: str  # "" = build from `size`; else a local diffusers transformer folder
+    pretrained: str  # "" = build from `preset`; else a local diffusers transformer folder
 
 
 class Train(Section):
@@ -284,11 +286,11 @@ class Config(Section):
 
 
 def load(path: str | Path = "params.yaml") -> Config:
-    """Read and validate a params file."""
+    """Read and validate a params file, as YAML 1.2 (what DVC reads: ``yes`` and ``on`` are strings)."""
     path = Path(path)
     try:
-        raw = yaml.safe_load(path.read_text())
-    except (OSError, yaml.YAMLError) as err:
+        raw = YAML(typ="safe", pure=True).load(path.read_text())
+    except (OSError, YAMLError) as err:
         raise ConfigError(f"{path}: cannot read: {err}") from err
     return parse(raw, str(path))
 
@@ -317,6 +319,10 @@ def _check(cfg: Config) -> list[str]:
         if (name or bucket in world.TASKS) and name not in sources:
             problems.append(f"fields.{bucket}: {name!r} is not a source model (expected one of {sources})")
         routes += [bucket] if name else []
+    csv = Path(cfg.data.external_csv)
+    if cfg.data.external_csv and (csv.is_absolute() or csv.parts[0] != "external" or ".." in csv.parts):
+        problems.append(f"data.external_csv: {cfg.data.external_csv!r} must be a path under external/ "
+                        f"(the folder curate depends on, so that changing the data reruns it)")
     if cfg.distill.init not in sources:
         problems.append(f"distill.init: {cfg.distill.init!r} is not a source model (expected one of {sources})")
     for route in routes:

@@ -4,8 +4,8 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
-from pipeline import config
-from pipeline.data import curate, text
+from pipeline import config, tracking
+from pipeline.data import curate, outputs
 
 
 def main() -> None:
@@ -15,9 +15,11 @@ def main() -> None:
     args = parser.parse_args()
 
     params = config.load()
-    encoder = text.TextEncoder(params.text.encoder, params.text.max_tokens, params.text.batch_size)
-    manifest = curate.curate(params.world, params.data, encoder, args.shards, args.manifest)
-    counts = manifest.groupby(["bucket", "split"]).size()
+    outputs.ensure_writable(args.shards, args.manifest)
+    with tracking.run("curate", params) as run:
+        manifest = curate.curate(params.world, params.data, args.shards, args.manifest)
+        counts = manifest.groupby(["bucket", "split"]).size()
+        run.log_metrics({f"samples.{b}.{s}": n for (b, s), n in counts.items()})
     print(f"curate: {len(manifest)} samples in {manifest['shard'].nunique()} shards\n{counts.to_string()}")
 
 

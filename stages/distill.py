@@ -5,6 +5,8 @@ import argparse
 from pathlib import Path
 
 from pipeline import config, tracking
+from pipeline.core import checkpoint
+from pipeline.core.batches import Curated
 from pipeline.train import distill
 
 
@@ -12,6 +14,7 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__)
     parser.add_argument("method", help="a key of params distill.methods")
     parser.add_argument("--shards", type=Path, required=True)
+    parser.add_argument("--embeddings", type=Path, required=True)
     parser.add_argument("--base", type=Path, required=True, help="the base checkpoint")
     parser.add_argument("--experts", type=Path, required=True, help="the folder of the expert checkpoints")
     parser.add_argument("--router", type=Path, required=True)
@@ -21,15 +24,17 @@ def main() -> None:
 
     params = config.load()
     method = params.method(args.method)
-    logged = {"method": method, "fields": params.fields, "routing": params.routing}
-    with tracking.run(f"distill@{args.method}", logged, name=args.method) as run:
+    data = Curated.open(args.shards, args.embeddings)
+    resume = checkpoint.work_dir(args.out)
+    with tracking.run("distill", params, recipe={"method": method}, model=args.method, resume=resume) as run:
         result = distill.train_student(
-            method, params.fields, params.routing, params.train, params.model.shift, params.compute,
-            shards_dir=args.shards, base=args.base, experts=args.experts, router_dir=args.router, out=args.out,
-            name=args.method, on_log=lambda step, row: run.log_metrics(row, step))
+            method, params.fields, params.routing, params.train, params.model.shift, params.compute, data=data,
+            base=args.base, experts=args.experts, router_dir=args.router, out=args.out, name=args.method,
+            on_log=lambda step, row: run.log_metrics(row, step))
         summary = result.summary()
         tracking.write_metrics(args.metrics, summary)
         run.log_metrics(summary)
+        run.log_artifact(args.out / checkpoint.LOG)
     print(f"distill {args.method}: {summary} -> {args.out}")
 
 

@@ -8,10 +8,10 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
-from PIL import Image
-
 from pipeline import config, tracking
 from pipeline.core import compute
+from pipeline.core.batches import Curated
+from pipeline.data import outputs
 from pipeline.eval import evaluation
 from pipeline.eval.evaluator import Evaluator
 
@@ -23,25 +23,28 @@ def main() -> None:
     parser.add_argument("--base", type=Path, default=None, help="teachers: the base checkpoint")
     parser.add_argument("--experts", type=Path, default=None, help="teachers: the experts' folder")
     parser.add_argument("--shards", type=Path, required=True)
+    parser.add_argument("--embeddings", type=Path, required=True)
     parser.add_argument("--evaluator", type=Path, required=True)
     parser.add_argument("--metrics", type=Path, required=True)
-    parser.add_argument("--samples", type=Path, required=True)
+    parser.add_argument("--samples", type=Path, required=True, help="a labelled grid of outputs (PNG)")
     args = parser.parse_args()
 
     params = config.load()
+    outputs.ensure_writable(args.metrics, args.samples)
     device = compute.setup(params.compute)
     field, guidance, routes = evaluation.load_field(args.name, params.eval, params.fields, model=args.model,
                                                     base=args.base, experts=args.experts, device=device)
     ev = Evaluator.load(args.evaluator, device)
-    logged = {"eval": params.eval, "model": str(args.model or args.name)}
-    with tracking.run(f"evaluate@{args.name}", logged, name=args.name) as run:
-        result, grid = evaluation.evaluate(field, ev, args.shards, params.eval, params.model.shift, guidance,
-                                           device, routes)
+    recipe = {"model": str(args.model or args.name), "guidance": guidance}
+    with tracking.run("evaluate", params, recipe=recipe, model=args.name) as run:
+        result, grid = evaluation.evaluate(field, ev, Curated.open(args.shards, args.embeddings), params.eval,
+                                           params.model.shift, guidance, device, routes)
         args.samples.parent.mkdir(parents=True, exist_ok=True)
-        Image.fromarray(grid).save(args.samples)
+        grid.save(args.samples)
         tracking.write_metrics(args.metrics, result)
         run.log_metrics(result)
-        run.log_artifact(args.samples)
+        run.log_artifact(args.samples, "samples.png")
+        run.log_artifact(args.metrics, "metrics.json")
     print(f"evaluate {args.name}: geneval {result['geneval']:.3f} gedit {result['gedit']:.3f} "
           f"fid {result['fid']:.1f} clip {result['clip_score']:.1f} ({result['sec_per_image'] * 1e3:.0f} ms/image)")
 

@@ -4,7 +4,7 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
-from pipeline import tracking
+from pipeline import config, tracking
 from pipeline.core import backbone, checkpoint
 
 
@@ -14,10 +14,12 @@ def main() -> None:
     parser.add_argument("--out", type=Path, required=True)
     args = parser.parse_args()
 
+    params = config.load()
     models = [str(m) for m in args.models]
-    with tracking.run("merge", {"models": models}):
-        checkpoint.save_model(backbone.average(args.models), args.out,
-                              {"name": "merge", "recipe": {"mean_of": models}, "history": []})
+    with tracking.run("merge", params, recipe={"mean_of": models}, model="merge") as run:
+        log = {"name": "merge", "recipe": {"mean_of": models}, "history": []}
+        checkpoint.save_model(backbone.average(args.models), args.out, log, checkpoint.read_sampling(args.models[0]))
+        run.log_artifact(args.out / checkpoint.LOG)
     print(f"merge: mean of {len(models)} models -> {args.out}")
 
 

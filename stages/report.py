@@ -18,9 +18,8 @@ def main() -> None:
     params = config.load()
     order = report.model_order(params.experts, params.distill.methods)
     results = report.collect(order, args.eval, args.evaluator, args.router, params.fields)
-    files = report.write(results, args.out)
-    with tracking.run("report", {"models": [r["model"] for r in results["models"]]}) as run:
-        for path in files:
+    with tracking.run("report", params) as run:
+        for path in report.write(results, args.out):
             run.log_artifact(path)
     print((args.out / "results.md").read_text())
 

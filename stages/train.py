@@ -8,6 +8,8 @@ import argparse
 from pathlib import Path
 
 from pipeline import config, tracking
+from pipeline.core import checkpoint
+from pipeline.core.batches import Curated
 from pipeline.train import sft
 
 
@@ -15,6 +17,7 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__)
     parser.add_argument("name", help="base | joint | an expert name")
     parser.add_argument("--shards", type=Path, required=True)
+    parser.add_argument("--embeddings", type=Path, required=True)
     parser.add_argument("--init", type=Path, default=None, help="checkpoint to fine-tune from")
     parser.add_argument("--out", type=Path, required=True)
     parser.add_argument("--metrics", type=Path, required=True, help="the training's cost and final loss")
@@ -22,13 +25,15 @@ def main() -> None:
 
     params = config.load()
     plan = sft.plan(args.name, params.train, params.experts, params.fields)
-    stage = {"base": "train_base", "joint": "train_joint"}.get(args.name, f"train_expert@{args.name}")
-    with tracking.run(stage, {"plan": plan, "train": params.train, "model": params.model}, name=args.name) as run:
-        result = sft.train_model(plan, params.train, params.model, params.compute, shards_dir=args.shards,
-                                 out=args.out, init=args.init, on_log=lambda step, row: run.log_metrics(row, step))
+    data = Curated.open(args.shards, args.embeddings)
+    recipe = {"plan": plan, "init": str(args.init) if args.init else "scratch"}
+    with tracking.run("train", params, recipe=recipe, model=args.name, resume=checkpoint.work_dir(args.out)) as run:
+        result = sft.train_model(plan, params.train, params.model, params.compute, data=data, out=args.out,
+                                 init=args.init, on_log=lambda step, row: run.log_metrics(row, step))
         summary = result.summary()
         tracking.write_metrics(args.metrics, summary)
         run.log_metrics(summary)
+        run.log_artifact(args.out / checkpoint.LOG)
     print(f"train {args.name}: {summary} -> {args.out}")
 
 

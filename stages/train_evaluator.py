@@ -19,9 +19,8 @@ def main() -> None:
     args = parser.parse_args()
 
     params = config.load()
-    logged = {"evaluator": params.eval.evaluator, "world": params.world}
-    with tracking.run("train_evaluator", logged) as run:
-        metrics, seconds = evaluator_training.train_evaluator(params.eval.evaluator, params.world.size,
+    with tracking.run("train_evaluator", params, model="evaluator") as run:
+        metrics, seconds = evaluator_training.train_evaluator(params.eval.evaluator, params.world.resolution,
                                                               params.compute, args.out)
         tracking.write_metrics(args.metrics, metrics)
         tracking.write_metrics(args.cost, {"seconds": round(seconds, 1)})

@@ -5,19 +5,21 @@ import argparse
 from pathlib import Path
 
 from pipeline import config, tracking
+from pipeline.core.batches import Curated
 from pipeline.train import router
 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__)
     parser.add_argument("--shards", type=Path, required=True)
+    parser.add_argument("--embeddings", type=Path, required=True)
     parser.add_argument("--out", type=Path, required=True)
     parser.add_argument("--metrics", type=Path, required=True)
     args = parser.parse_args()
 
     params = config.load()
-    with tracking.run("train_router", {"router": params.router}) as run:
-        metrics = router.train_from_shards(params.router, args.shards, args.out)
+    with tracking.run("train_router", params, model="router") as run:
+        metrics = router.train_on(Curated.open(args.shards, args.embeddings), params.router, args.out)
         tracking.write_metrics(args.metrics, metrics)
         run.log_metrics(metrics)
     print(f"train_router: {metrics['labelled']} labels, test accuracy {metrics['test_accuracy']:.3f}")

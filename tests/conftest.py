@@ -25,9 +25,23 @@ def encoder():
     return TextEncoder("minilm", max_tokens=24, batch_size=64)
 
 
+@pytest.fixture(scope="session")
+def curated(tmp_path_factory, encoder):
+    """The tiny config's curated shards and their embeddings, as the stages open them."""
+    from pipeline.core.batches import Curated
+    from pipeline.data import curate, embeddings
+
+    cfg = tiny_cfg()
+    out = tmp_path_factory.mktemp("curated")
+    manifest = curate.curate(cfg.world, cfg.data, out / "shards", out / "manifest.parquet")
+    info = {"encoder": cfg.text.encoder, "max_tokens": cfg.text.max_tokens}
+    embeddings.write(manifest["prompt"].tolist(), encoder, out / "embeddings", info)
+    return Curated.open(out / "shards", out / "embeddings")
+
+
 TINY = {  # a config small enough for a stage to run in seconds
     "data": {"train_per_bucket": 12, "test_per_bucket": 6, "shard_size": 8},
-    "model": {"size": "tiny"},
+    "model": {"preset": "tiny"},
     "train": {"batch_size": 4, "base_steps": 4, "joint_steps": 2, "checkpoint_every": 2,
               "log_every": 1},
     "eval": {"count": 6, "steps": 2,

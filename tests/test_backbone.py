@@ -46,7 +46,7 @@ def test_checkpoint_round_trip(model, tmp_path):
     loaded = backbone.load(tmp_path / "ckpt")
     x, t, cond = torch.randn(2, 3, 16, 16), torch.rand(2), _cond()
     assert torch.equal(model(x, t, cond), loaded(x, t, cond))
-    assert loaded.transformer.config.num_layers == backbone.SIZES["tiny"]["num_layers"]
+    assert loaded.transformer.config.num_layers == backbone.PRESETS["tiny"]["num_layers"]
 
 
 def test_load_errors_name_the_folder(tmp_path):
@@ -54,7 +54,7 @@ def test_load_errors_name_the_folder(tmp_path):
         backbone.load(tmp_path)
     with pytest.raises(FileNotFoundError, match="model.pretrained"):
         backbone.load_pretrained(tmp_path / "nowhere", 384)
-    with pytest.raises(ValueError, match="model.size: unknown size 'XL'"):
+    with pytest.raises(ValueError, match="model.preset: unknown preset 'XL'"):
         backbone.build("XL", 4, 32, 384)
 
 

@@ -54,8 +54,8 @@ def test_unknown_key_is_named_with_the_keys_allowed_there(tmp_path):
 
 def test_missing_key_is_named(tmp_path):
     raw = _raw()
-    del raw["world"]["size"]
-    with pytest.raises(config.ConfigError, match=r"world.size: missing key"):
+    del raw["world"]["resolution"]
+    with pytest.raises(config.ConfigError, match=r"world.resolution: missing key"):
         config.load(_write(tmp_path, raw))
 
 
@@ -67,10 +67,10 @@ def test_missing_section_is_named(tmp_path):
 
 
 @pytest.mark.parametrize("key,value,match", [
-    ("world.size", "big", r"world.size: Input should be a valid integer, got 'big'"),
+    ("world.resolution", "big", r"world.resolution: Input should be a valid integer, got 'big'"),
     ("fields.cfg", "yes", r"fields.cfg: Input should be a valid boolean, got 'yes'"),
-    ("world.size", True, r"world.size: Input should be a valid integer"),
-    ("train.lr", "1e-3", r"train.lr: Input should be a valid number"),  # YAML 1.1 reads 1e-3 as a string
+    ("world.resolution", True, r"world.resolution: Input should be a valid integer"),
+    ("train.lr", "fast", r"train.lr: Input should be a valid number"),
     ("routing.weights", [1, 2], r"routing.weights: Input should be a valid dictionary"),
     ("experts", {"local_edit": {"buckets": "local_edit", "steps": 2}}, r"experts.local_edit.buckets: Input should be a valid list"),
 ])
@@ -85,7 +85,7 @@ def test_wrong_type_is_named(tmp_path, key, value, match):
     ("routing.source", "lable"),
     ("routing.mode", "blend"),
     ("compute.device", "mps"),
-    ("model.size", "XXL"),
+    ("model.preset", "XXL"),
     ("distill.query", "median"),
     ("distill.weighting", "sum"),
     ("distill.states", "offline"),
@@ -107,10 +107,23 @@ def test_numbers_out_of_range_are_named(tmp_path, key, value):
 
 
 def test_every_problem_is_listed_at_once(tmp_path):
-    raw = _set(_set(_raw(), "compute.device", "mps"), "world.size", "big")
+    raw = _set(_set(_raw(), "compute.device", "mps"), "world.resolution", "big")
     with pytest.raises(config.ConfigError, match=r"2 problems") as err:
         config.load(_write(tmp_path, raw))
-    assert "compute.device" in str(err.value) and "world.size" in str(err.value)
+    assert "compute.device" in str(err.value) and "world.resolution" in str(err.value)
+
+
+def test_params_are_read_as_yaml_1_2_like_dvc(tmp_path):
+    """`-S fields.cfg=yes` must not silently turn CFG absorption on (YAML 1.1's yes = true)."""
+    text = (ROOT / "params.yaml").read_text()
+    assert "  cfg: false" in text and "  lr: 2.0e-3" in text
+    path = tmp_path / "params.yaml"
+    path.write_text(text.replace("  lr: 2.0e-3", "  lr: 1e-3"))  # YAML 1.2: a number
+    assert config.load(path).train.lr == 1e-3
+    for word in ("yes", "on", "Y"):
+        path.write_text(text.replace("  cfg: false", f"  cfg: {word}"))
+        with pytest.raises(config.ConfigError, match=rf"fields.cfg: Input should be a valid boolean, got '{word}'"):
+            config.load(path)
 
 
 def test_int_accepted_for_float(tmp_path):
@@ -139,8 +152,8 @@ def test_the_realism_route_needs_its_weight(tmp_path):
         config.load(_write(tmp_path, raw))
 
 
-def test_model_sizes_are_the_backbone_registry():
-    assert set(typing.get_args(config.ModelSize)) == set(backbone.SIZES)
+def test_model_presets_are_the_backbone_registry():
+    assert set(typing.get_args(config.ModelPreset)) == set(backbone.PRESETS)
 
 
 # --- distill.methods resolved at load ----------------------------------------------------------

@@ -1,5 +1,7 @@
+"""pipeline.data (shards, curation, external ingest, embeddings) and pipeline.core.batches."""
 import hashlib
 import json
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -7,15 +9,16 @@ import torch
 from PIL import Image
 
 from pipeline.core import batches
-from pipeline.data import curate, shards, world
+from pipeline.data import curate, embeddings, outputs, shards, world
 from tests.conftest import tiny_cfg
 
 
-def _curate(tmp_path, encoder, **sections):
-    cfg = tiny_cfg(**sections)
+def _curate(tmp_path, **data):
+    cfg = tiny_cfg()
     out = tmp_path / "out"
     out.mkdir(parents=True, exist_ok=True)
-    return curate.curate(cfg.world, cfg.data, encoder, out / "shards", out / "manifest.parquet"), out
+    data_params = cfg.data.model_copy(update=data)  # a CSV outside external/ is the config's to refuse
+    return curate.curate(cfg.world, data_params, out / "shards", out / "manifest.parquet"), out
 
 
 def _digests(folder):
@@ -23,34 +26,76 @@ def _digests(folder):
             for p in sorted(folder.rglob("*")) if p.is_file()}
 
 
-def test_round_trip_is_bit_exact(tmp_path, encoder):
-    items = curate.world_items("local_edit", "train", 10, 32)
-    shards.write_bucket(items, encoder, tmp_path, "local_edit", "train", shard_size=4)
+def _write(root, bucket, split, n, shard_size=8):
+    """World samples of one bucket/split as shards (and the index) under `root`; their records."""
+    items = curate.world_items(bucket, split, n, 32)
+    rows = shards.write_bucket(items, root, bucket, split, shard_size)
+    index = root / shards.INDEX
+    counts = json.loads(index.read_text()) if index.exists() else {}
+    shards.write_index(root, [{"shard": s} for s, c in counts.items() for _ in range(c)] + rows)
+    return items
+
+
+@pytest.fixture
+def store(tmp_path, encoder):
+    """An embeddings store of every world prompt the tests below write."""
+    prompts = [s.prompt for b in world.BUCKETS for split in ("train", "test") for s in world.make_bucket(b, split, 12)]
+    embeddings.write(prompts, encoder, tmp_path / "embeddings", {"encoder": "minilm", "max_tokens": 24})
+    return embeddings.Embeddings.load(tmp_path / "embeddings")
+
+
+def test_round_trip_is_bit_exact(tmp_path):
+    items = _write(tmp_path, "local_edit", "train", 10, shard_size=4)
     records = shards.read_records(tmp_path, "local_edit", "train")
     assert [r.key for r in records] == [rec["key"] for rec, _, _ in items]
-    text, pooled = encoder.encode([rec["prompt"] for rec, _, _ in items])
     for r, (rec, image, source) in zip(records, items):
         assert np.array_equal(r.image, image) and np.array_equal(r.source, source)
         assert r.meta == json.loads(json.dumps(rec))
         assert shards.world_sample(r.meta) == shards.world_sample(rec)
-    assert np.array_equal(np.stack([r.text for r in records]), text.astype(np.float16))
-    assert np.array_equal(np.stack([r.pooled for r in records]), pooled.astype(np.float16))
     assert len(shards.shard_paths(tmp_path, "local_edit", "train")) == 3
 
 
-def test_t2i_records_have_no_source(tmp_path, encoder):
-    shards.write_bucket(curate.world_items("t2i", "test", 3, 32), encoder, tmp_path, "t2i", "test", 8)
+def test_t2i_records_have_no_source(tmp_path):
+    _write(tmp_path, "t2i", "test", 3)
     assert all(r.source is None and r.task == "t2i" for r in shards.read_records(tmp_path, "t2i", "test"))
 
 
-def test_curate_is_byte_identical_across_runs(tmp_path, encoder):
-    df, first = _curate(tmp_path / "a", encoder)
-    _, second = _curate(tmp_path / "b", encoder)
+def test_curate_is_byte_identical_across_runs(tmp_path):
+    df, first = _curate(tmp_path / "a")
+    _, second = _curate(tmp_path / "b")
     assert _digests(first) == _digests(second)
     assert set(df["bucket"]) == set(world.BUCKETS)
     counts = df.groupby(["bucket", "split"]).size()
     assert (counts.xs("train", level="split") == 12).all() and (counts.xs("test", level="split") == 6).all()
     assert set(shards.read_manifest(first / "manifest.parquet")["key"]) == set(df["key"])
+
+
+# The hash of one curated shard, pinned: curate's output is a pure function of params on any
+# machine (no floats in a shard), so a DVC remote can serve it and a fresh clone reruns nothing.
+PINNED = {"local_edit/train-0000.tar": "9a5495dfef82a257031ec28d1f41aab443ee96e312450c9ae0e1e47c6b324977"}
+
+
+def test_a_curated_shard_has_the_pinned_hash(tmp_path):
+    _, out = _curate(tmp_path)
+    digests = _digests(out / "shards")
+    assert {name: digests[name] for name in PINNED} == PINNED
+
+
+def test_a_truncated_or_damaged_shard_is_named(tmp_path):
+    _write(tmp_path, "t2i", "train", 6, shard_size=3)
+    shard = tmp_path / "t2i" / "train-0001.tar"
+    whole = shard.read_bytes()
+    offsets = [i for i in range(0, len(whole), 512) if whole[i:i + 10].startswith(b"t2i-train-")]
+    cut = next(o for o in offsets if whole[o:o + 30].startswith(b"t2i-train-000005"))
+    shard.write_bytes(whole[:cut] + b"\0" * 1024)  # the last sample gone, on a sample boundary
+    with pytest.raises(shards.DataError, match=r"train-0001.tar: 2 samples, but index.json says 3"):
+        shards.read_records(tmp_path, "t2i", "train")
+    shard.write_bytes(whole[: len(whole) // 2])  # cut mid-member
+    with pytest.raises(shards.DataError, match=r"train-0001.tar: damaged shard"):
+        shards.read_records(tmp_path, "t2i", "train")
+    (tmp_path / shards.INDEX).unlink()
+    with pytest.raises(shards.DataError, match="no index.json"):
+        shards.read_records(tmp_path, "t2i", "train")
 
 
 def test_manifest_schema_names_row_and_column(tmp_path):
@@ -62,10 +107,18 @@ def test_manifest_schema_names_row_and_column(tmp_path):
     assert not (tmp_path / "manifest.parquet").exists()
 
 
+# --- external edit data ------------------------------------------------------------------------
+
+
 def _external(tmp_path, rows, header="uid,task,prompt,source_image,target_image"):
     img = np.zeros((40, 40, 3), np.uint8)
     for name in ("a.png", "b.png"):
         Image.fromarray(img).save(tmp_path / name)
+    rgba = np.zeros((40, 40, 4), np.uint8)
+    rgba[..., 3] = 255
+    Image.fromarray(rgba, "RGBA").save(tmp_path / "opaque.png")
+    rgba[:10, :, 3] = 0
+    Image.fromarray(rgba, "RGBA").save(tmp_path / "holes.png")
     csv = tmp_path / "edits.csv"
     csv.write_text(header + "\n" + "\n".join(rows) + "\n")
     return csv
@@ -74,9 +127,9 @@ def _external(tmp_path, rows, header="uid,task,prompt,source_image,target_image"
 GOOD = [f"u{i},local_edit,make the circle red,a.png,b.png" for i in range(20)]
 
 
-def test_external_csv_is_ingested(tmp_path, encoder):
-    csv = _external(tmp_path, GOOD + ["g0,global_edit,make it grayscale,b.png,a.png"])
-    df, out = _curate(tmp_path, encoder, data={"external_csv": str(csv), "external_test_fraction": 0.3})
+def test_external_csv_is_ingested(tmp_path):
+    csv = _external(tmp_path, GOOD + ["g0,global_edit,make it grayscale,b.png,opaque.png"])
+    df, out = _curate(tmp_path, external_csv=str(csv), external_test_fraction=0.3)
     ext = df[df["bucket"] == "external"]
     assert len(ext) == 21 and set(ext["split"]) == {"train", "test"}
     assert set(ext["uid"]) == {f"u{i}" for i in range(20)} | {"g0"}
@@ -86,25 +139,41 @@ def test_external_csv_is_ingested(tmp_path, encoder):
 
 @pytest.mark.parametrize("bad_row,match", [
     ("u1,painting,make it red,a.png,b.png", r"row 2, column 'task'.*'painting'"),
-    ("u1,local_edit,,a.png,b.png", r"row 2, column 'prompt'"),
+    ("u1,local_edit,,a.png,b.png", r"row 2, column 'prompt': empty or whitespace only"),
+    ("u1,local_edit,   ,a.png,b.png", r"row 2, column 'prompt': empty or whitespace only"),
+    ("u1,local_edit,NaN,a.png,b.png", r"row 2, column 'prompt': a missing-value marker.*'NaN'"),
     ("u0,local_edit,make it red,a.png,b.png", r"column 'uid'.*'u0'"),
     ("u1,local_edit,make it red,missing.png,b.png", r"edits.csv: row 2, column 'source_image': cannot read image"),
+    ("u1,local_edit,make it red,../a.png,b.png", r"edits.csv: row 2, column 'source_image': '../a.png' is outside"),
+    ("u1,local_edit,make it red,/etc/hostname,b.png", r"row 2, column 'source_image': '/etc/hostname' is outside"),
+    ("u1,local_edit,make it red,a.png,holes.png", r"row 2, column 'target_image': .*holes.png' has transparent"),
 ])
-def test_bad_external_row_is_named_and_nothing_written(tmp_path, encoder, bad_row, match):
+def test_bad_external_row_is_named_and_nothing_written(tmp_path, bad_row, match):
     csv = _external(tmp_path, [GOOD[0], bad_row])
     out = tmp_path / "out"
     (out / "shards").mkdir(parents=True)
     (out / "shards" / "previous.txt").write_text("a valid earlier output")
     with pytest.raises(shards.DataError, match=match):
-        _curate(tmp_path, encoder, data={"external_csv": str(csv)})
+        _curate(tmp_path, external_csv=str(csv))
     assert [p.name for p in (out / "shards").iterdir()] == ["previous.txt"]
     assert not (out / "manifest.parquet").exists() and not (out / "shards.tmp").exists()
 
 
-def test_external_csv_missing_column(tmp_path, encoder):
-    csv = _external(tmp_path, ["u1,local_edit,make it red,a.png"], header="uid,task,prompt,source_image")
-    with pytest.raises(shards.DataError, match=r"edits.csv: missing column 'target_image'"):
-        _curate(tmp_path, encoder, data={"external_csv": str(csv)})
+@pytest.mark.parametrize("content,match", [
+    (b"", r"edits.csv: empty file"),
+    (b"uid,task,prompt,source_image,target_image\n", r"edits.csv: a header but no rows"),
+    (b"uid,task,prompt,source_image,target_image\nu1,local_edit,caf\xe9,a.png,b.png\n",
+     r"edits.csv: line 2 is not UTF-8 \(byte 0xe9"),
+    (b"uid,task,prompt,source_image\nu1,local_edit,make it red,a.png\n", r"edits.csv: missing column 'target_image'"),
+])
+def test_a_bad_external_file_is_named(tmp_path, content, match):
+    csv = _external(tmp_path, [])
+    csv.write_bytes(content)
+    with pytest.raises(shards.DataError, match=match):
+        _curate(tmp_path, external_csv=str(csv))
+
+
+# --- batches and embeddings ----------------------------------------------------------------------
 
 
 def test_tensor_conversion_round_trip():
@@ -114,35 +183,71 @@ def test_tensor_conversion_round_trip():
     assert np.array_equal(shards.to_uint8(x), images)
 
 
+def test_an_unwritable_output_fails_before_any_work(tmp_path):
+    outputs.ensure_writable(tmp_path / "new" / "folder" / "model")  # a missing folder is fine...
+    assert not (tmp_path / "new").exists()  # ...and is not created by the check
+    with pytest.raises(PermissionError, match=r"/proc/danceopd/model: cannot write into /proc"):
+        outputs.ensure_writable(Path("/proc/danceopd/model"))  # unwritable even for root
+
+
+def test_an_atomic_folder_is_all_or_nothing(tmp_path):
+    final = tmp_path / "out"
+    final.mkdir()
+    (final / "valid.txt").write_text("an earlier output")
+    with pytest.raises(RuntimeError):
+        with outputs.atomic_dir(final) as tmp:
+            (tmp / "half.txt").write_text("half")
+            raise RuntimeError("killed mid-write")
+    assert [p.name for p in final.iterdir()] == ["valid.txt"] and not (tmp_path / "out.tmp").exists()
+    with outputs.atomic_dir(final) as tmp:
+        (tmp / "new.txt").write_text("complete")
+    assert [p.name for p in final.iterdir()] == ["new.txt"]
+
+
 def test_missing_shards_error_names_folder(tmp_path):
     with pytest.raises(FileNotFoundError, match="no train shards"):
         shards.shard_paths(tmp_path, "t2i", "train")
 
 
-def test_tensorset_batches_t2i_source_as_zeros_like_the_backbone(tmp_path, encoder):
-    shards.write_bucket(curate.world_items("t2i", "train", 2, 32), encoder, tmp_path, "t2i", "train", 8)
-    shards.write_bucket(curate.world_items("local_edit", "train", 2, 32), encoder, tmp_path, "local_edit", "train", 8)
-    tensors = batches.load_tensors(tmp_path, ["t2i", "local_edit"], "train")
+def test_the_embeddings_store_holds_each_prompt_once_and_the_null_prompt(tmp_path, encoder, store):
+    prompts = [s.prompt for s in world.make_bucket("t2i", "train", 5)]
+    text, pooled = store.lookup(prompts)
+    want_text, want_pooled = encoder.encode(prompts)
+    assert text.dtype == np.float16 and np.array_equal(text, want_text.astype(np.float16))
+    assert np.array_equal(pooled, want_pooled.astype(np.float16))
+    null_text, null_pooled = store.null()
+    assert torch.equal(null_text, torch.from_numpy(encoder.null()[0].astype(np.float16)).float())
+    assert store.info == {"encoder": "minilm", "max_tokens": 24, "dim": 384}
+    with pytest.raises(KeyError, match="no embedding of the prompt 'a purple dragon'"):
+        store.lookup(["a purple dragon"])
+
+
+def test_tensorset_batches_t2i_source_as_zeros_like_the_backbone(tmp_path, store):
+    _write(tmp_path, "t2i", "train", 2)
+    _write(tmp_path, "local_edit", "train", 2)
+    tensors = batches.load_tensors(tmp_path, ["t2i", "local_edit"], "train", store)
     x, cond = tensors.batch(torch.arange(4))
     assert torch.equal(cond.source[:2], torch.zeros(2, 3, 32, 32))  # Backbone's `source=None`
     assert torch.equal(cond.source[2:], shards.to_tensor(np.stack([r.source for r in tensors.records[2:]])))
     assert cond.route is None and tensors.task.tolist() == [0, 0, 1, 1] and x.min() >= -1
+    assert torch.equal(cond.text, torch.from_numpy(store.lookup([r.prompt for r in tensors.records])[0]).float())
 
 
-def test_the_route_column_is_set_by_bucket_apart_from_the_task(tmp_path, encoder):
+def test_the_route_column_is_set_by_bucket_apart_from_the_task(tmp_path, store):
     for bucket in ("t2i", "realism"):
-        shards.write_bucket(curate.world_items(bucket, "train", 2, 32), encoder, tmp_path, bucket, "train", 8)
-    tensors = batches.load_tensors(tmp_path, ["t2i", "realism"], "train", route_of_bucket={"t2i": 0, "realism": 3})
+        _write(tmp_path, bucket, "train", 2)
+    tensors = batches.load_tensors(tmp_path, ["t2i", "realism"], "train", store,
+                                   route_of_bucket={"t2i": 0, "realism": 3})
     _, cond = tensors.batch(torch.arange(4))
     assert tensors.task.tolist() == [0, 0, 0, 0]  # realism prompts are T2I prompts...
     assert cond.route.tolist() == [0, 0, 3, 3]  # ...on a route of their own
     with pytest.raises(ValueError, match=r"no route takes the bucket\(s\) \['realism'\]"):
-        batches.load_tensors(tmp_path, ["t2i", "realism"], "train", route_of_bucket={"t2i": 0})
+        batches.load_tensors(tmp_path, ["t2i", "realism"], "train", store, route_of_bucket={"t2i": 0})
 
 
-def test_random_batches_draw_lazily_from_the_generator(tmp_path, encoder):
-    shards.write_bucket(curate.world_items("t2i", "train", 6, 32), encoder, tmp_path, "t2i", "train", 8)
-    tensors = batches.load_tensors(tmp_path, ["t2i"], "train")
+def test_random_batches_draw_lazily_from_the_generator(tmp_path, store):
+    _write(tmp_path, "t2i", "train", 6)
+    tensors = batches.load_tensors(tmp_path, ["t2i"], "train", store)
     gen = torch.Generator().manual_seed(3)
     stream = batches.random_batches(tensors, 4, gen)
     state = gen.get_state()
@@ -153,10 +258,10 @@ def test_random_batches_draw_lazily_from_the_generator(tmp_path, encoder):
     assert torch.equal(first, tensors.batch(rows)[0])
 
 
-def test_bucket_weights_draw_buckets_in_proportion(tmp_path, encoder):
+def test_bucket_weights_draw_buckets_in_proportion(tmp_path, store):
     for bucket, n in (("t2i", 2), ("local_edit", 3), ("global_edit", 4)):
-        shards.write_bucket(curate.world_items(bucket, "train", n, 32), encoder, tmp_path, bucket, "train", 8)
-    tensors = batches.load_tensors(tmp_path, ["t2i", "local_edit", "global_edit"], "train")
+        _write(tmp_path, bucket, "train", n)
+    tensors = batches.load_tensors(tmp_path, ["t2i", "local_edit", "global_edit"], "train", store)
     w = batches.bucket_weights(tensors, {"t2i": 2.0, "local_edit": 1.0, "global_edit": 1.0})
     rows = batches.draw_rows(9, 40_000, torch.Generator().manual_seed(0), w)
     share = torch.bincount(tensors.task[rows], minlength=3).float() / 40_000

@@ -35,7 +35,7 @@ def trained_evaluator() -> E.Evaluator:
 
     out = Path(tempfile.mkdtemp()) / "evaluator"
     params = config.load(ROOT / "params.yaml")
-    metrics, _ = T.train_evaluator(params.eval.evaluator, params.world.size, params.compute, out)
+    metrics, _ = T.train_evaluator(params.eval.evaluator, params.world.resolution, params.compute, out)
     trained_evaluator.metrics = metrics
     trained_evaluator.gate = params.eval.evaluator.min_scene_accuracy
     return E.Evaluator.load(out)
@@ -135,7 +135,7 @@ def test_save_load_round_trip_is_exact_and_atomic(untrained, tmp_path):
 def test_train_evaluator_refuses_a_poor_parser_and_writes_nothing(tmp_path):
     cfg = tiny_cfg(eval=_tiny_eval_raw())
     with pytest.raises(RuntimeError, match="scene accuracy"):
-        T.train_evaluator(cfg.eval.evaluator, cfg.world.size, cfg.compute, tmp_path / "evaluator")
+        T.train_evaluator(cfg.eval.evaluator, cfg.world.resolution, cfg.compute, tmp_path / "evaluator")
     assert list(tmp_path.iterdir()) == []
 
 

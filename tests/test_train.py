@@ -6,31 +6,22 @@ import pytest
 import torch
 
 from pipeline.core import backbone, checkpoint
-from pipeline.core.batches import load_tensors, random_batches
+from pipeline.core.batches import random_batches
 from pipeline.core.fields import Cond
-from pipeline.data import curate, shards
 from pipeline.eval import sample
 from pipeline.train import loop, sft
 from tests.conftest import repo_cfg, tiny_cfg
-
-
-@pytest.fixture(scope="module")
-def shards_dir(tmp_path_factory, encoder):
-    cfg = tiny_cfg()
-    out = tmp_path_factory.mktemp("curated")
-    curate.curate(cfg.world, cfg.data, encoder, out / "shards", out / "manifest.parquet")
-    return out / "shards"
 
 
 LOOP = loop.Loop(steps=6, lr=1e-3, weight_decay=0.0, grad_clip=1.0, ema=0.0, grad_accum=1, checkpoint_every=3,
                  log_every=1, compile=False)
 
 
-def _setup(shards_dir, batch_size=8):
-    tensors = load_tensors(shards_dir, ["t2i", "local_edit"], "train")
+def _setup(curated, batch_size=8):
+    tensors = curated.tensors(["t2i", "local_edit"], "train")
     torch.manual_seed(0)
     model = backbone.build("tiny", 4, 32, tensors.text.shape[-1])
-    step = sft.flow_matching_step("logit_normal", 0.1, 0.05, shards.read_null(shards_dir), torch.device("cpu"))
+    step = sft.flow_matching_step("logit_normal", 0.1, 0.05, curated.null(), torch.device("cpu"))
     return model, step, tensors
 
 
@@ -41,17 +32,17 @@ def _fit(model, step, tensors, tmp_path, batch_size=8, seed=0, **loop_kw):
                     run_id="r", device=torch.device("cpu"))
 
 
-def test_training_reduces_the_loss(shards_dir, tmp_path):
-    result = _fit(*_setup(shards_dir), tmp_path, steps=40, lr=3e-3)
+def test_training_reduces_the_loss(curated, tmp_path):
+    result = _fit(*_setup(curated), tmp_path, steps=40, lr=3e-3)
     first, last = result.history[0]["loss"], sum(h["loss"] for h in result.history[-5:]) / 5
     assert last < 0.7 * first, (first, last)
     assert result.samples == 40 * 8 and set(result.history[0]) == {"step", "loss", "grad_norm"}  # no timings
 
 
-def test_same_seed_same_weights_and_resume_equals_uninterrupted(shards_dir, tmp_path):
-    straight = _fit(*_setup(shards_dir), tmp_path / "a").model
+def test_same_seed_same_weights_and_resume_equals_uninterrupted(curated, tmp_path):
+    straight = _fit(*_setup(curated), tmp_path / "a").model
 
-    model, step, tensors = _setup(shards_dir)
+    model, step, tensors = _setup(curated)
     calls = {"n": 0}
 
     def dies_at_step_5(m, batch, gen):
@@ -62,39 +53,68 @@ def test_same_seed_same_weights_and_resume_equals_uninterrupted(shards_dir, tmp_
 
     with pytest.raises(KeyboardInterrupt):
         _fit(model, dies_at_step_5, tensors, tmp_path / "b")
-    model, step, tensors = _setup(shards_dir)
+    model, step, tensors = _setup(curated)
     resumed = _fit(model, step, tensors, tmp_path / "b")
     assert resumed.history[0]["step"] == 1 and len(resumed.history) == 6  # the history survived the kill
     for (k, a), b in zip(straight.state_dict().items(), resumed.model.state_dict().values()):
         assert torch.equal(a, b), k
 
 
-def test_checkpoint_of_another_run_is_ignored(shards_dir, tmp_path, capsys):
-    _fit(*_setup(shards_dir), tmp_path, steps=4)  # leaves a step-3 checkpoint
-    model, step, tensors = _setup(shards_dir)
+def test_checkpoint_of_another_run_is_ignored(curated, tmp_path, capsys):
+    _fit(*_setup(curated), tmp_path, steps=4)  # leaves a step-3 checkpoint
+    model, step, tensors = _setup(curated)
     rng = torch.Generator().manual_seed(0)
     result = loop.fit(model, step, random_batches(tensors, 8, rng), dataclasses.replace(LOOP, steps=4), rng=rng,
                       work=tmp_path / "work", run_id="other", device=torch.device("cpu"))
     assert "another configuration" in capsys.readouterr().out and len(result.history) == 4
 
 
-def test_nan_loss_stops_training(shards_dir, tmp_path):
-    model, _, tensors = _setup(shards_dir)
+def test_nan_loss_stops_training(curated, tmp_path):
+    model, _, tensors = _setup(curated)
     nan = lambda m, batch, gen: m(torch.zeros(1, 3, 32, 32), torch.ones(1), _cond()).sum() * float("nan")  # noqa: E731
+    (tmp_path / "work").mkdir()
+    (tmp_path / "work" / checkpoint.STATE).write_bytes(b"an earlier state")
     with pytest.raises(FloatingPointError, match="loss is nan at step 0"):
         _fit(model, nan, tensors, tmp_path, steps=3)
+    assert not (tmp_path / "work").exists()  # resuming would replay the NaN: its state is dropped
+
+
+def test_an_unreadable_checkpoint_falls_back_to_the_previous_then_to_a_fresh_start(curated, tmp_path, capsys):
+    straight = _fit(*_setup(curated), tmp_path / "a", steps=6).model
+    model, step, tensors = _setup(curated)
+    calls = {"n": 0}
+
+    def dies_at_step_6(m, batch, gen):
+        calls["n"] += 1
+        if calls["n"] == 6:
+            raise KeyboardInterrupt
+        return step(m, batch, gen)
+
+    with pytest.raises(KeyboardInterrupt):
+        _fit(model, dies_at_step_6, tensors, tmp_path / "b", steps=6, checkpoint_every=2)  # states at 2 and 4
+    work = tmp_path / "b" / "work"
+    assert (work / checkpoint.STATE).exists() and (work / checkpoint.PREVIOUS).exists()
+    (work / checkpoint.STATE).write_bytes(b"half a file")  # a disk that filled up mid-save
+    resumed = _fit(*_setup(curated), tmp_path / "b", steps=6, checkpoint_every=2)
+    assert "unreadable training state" in capsys.readouterr().out and resumed.history[0]["step"] == 1
+    for (k, a), b in zip(straight.state_dict().items(), resumed.model.state_dict().values()):
+        assert torch.equal(a, b), k  # resumed from step 2 and still equal to the uninterrupted run
+    work.mkdir(parents=True, exist_ok=True)
+    (work / checkpoint.STATE).write_bytes(b"x")
+    (work / checkpoint.PREVIOUS).write_bytes(b"y")
+    assert len(_fit(*_setup(curated), tmp_path / "b", steps=2).history) == 2  # both unreadable: afresh
 
 
 def _cond():
     return Cond(torch.zeros(1, 24, 384), torch.zeros(1, 384), None)
 
 
-def test_gradient_accumulation_of_two_halves_equals_one_full_batch(shards_dir, tmp_path):
+def test_gradient_accumulation_of_two_halves_equals_one_full_batch(curated, tmp_path):
     """Micro-batches of 4 x 2 take the step of their union: the mean of the two losses' gradients."""
-    model, _, tensors = _setup(shards_dir)
+    model, _, tensors = _setup(curated)
     deterministic = lambda m, batch, gen: m(*_noised(batch)).pow(2).mean()  # noqa: E731
     full = _fit(model, deterministic, tensors, tmp_path / "full", batch_size=8, steps=1, grad_clip=1e9).model
-    model, _, _ = _setup(shards_dir)
+    model, _, _ = _setup(curated)
     halves = _fit(model, deterministic, tensors, tmp_path / "halves", batch_size=4, steps=1, grad_clip=1e9,
                   grad_accum=2).model
     for (k, a), b in zip(full.state_dict().items(), halves.state_dict().values()):
@@ -106,8 +126,8 @@ def _noised(batch):
     return x, torch.full((len(x),), 0.5), cond
 
 
-def test_ema_tracks_a_moving_average(shards_dir, tmp_path):
-    model, step, tensors = _setup(shards_dir)
+def test_ema_tracks_a_moving_average(curated, tmp_path):
+    model, step, tensors = _setup(curated)
     start = {k: v.clone() for k, v in model.state_dict().items()}
     final = _fit(model, step, tensors, tmp_path, steps=2, ema=0.5).model
     assert final is not model
@@ -116,9 +136,9 @@ def test_ema_tracks_a_moving_average(shards_dir, tmp_path):
     assert not torch.equal(final.state_dict()[k], start[k]) and not torch.equal(final.state_dict()[k], model.state_dict()[k])
 
 
-def test_condition_dropout_uses_the_null_text(shards_dir):
-    tensors = load_tensors(shards_dir, ["local_edit"], "train")
-    null = shards.read_null(shards_dir)
+def test_condition_dropout_uses_the_null_text(curated):
+    tensors = curated.tensors(["local_edit"], "train")
+    null = curated.null()
     seen = {}
 
     def spy(x, t, cond):
@@ -132,9 +152,9 @@ def test_condition_dropout_uses_the_null_text(shards_dir):
     assert torch.equal(seen["cond"].source, torch.zeros(16, 3, 32, 32))
 
 
-def test_generate_is_seeded_and_guidance_needs_null(shards_dir):
-    model, _, _ = _setup(shards_dir)
-    x, cond = load_tensors(shards_dir, ["t2i"], "test").batch(torch.arange(3))
+def test_generate_is_seeded_and_guidance_needs_null(curated):
+    model, _, _ = _setup(curated)
+    x, cond = curated.tensors(["t2i"], "test").batch(torch.arange(3))
     a = sample.generate(model, cond, steps=4, shift=3.0, seed=7)
     assert a.shape == x.shape and torch.equal(a, sample.generate(model, cond, steps=4, shift=3.0, seed=7))
     with pytest.raises(ValueError, match="null"):
@@ -155,18 +175,24 @@ def test_plans():
         sft.plan("bogus", train, experts, fields)
 
 
-def test_train_model_writes_a_folder_that_is_a_function_of_params_data_and_seed(shards_dir, tmp_path):
+def test_train_model_writes_a_folder_that_is_a_function_of_params_data_and_seed(curated, tmp_path):
     """Two identical trainings write byte-identical model folders: no timing is inside."""
     cfg = tiny_cfg(train={"base_steps": 3, "checkpoint_every": 2, "log_every": 1})
     plan = sft.plan("base", cfg.train, cfg.experts, cfg.fields)
     digests = []
     for run in ("a", "b"):
         out = tmp_path / run / "base"
-        result = sft.train_model(plan, cfg.train, cfg.model, cfg.compute, shards_dir=shards_dir, out=out, init=None)
-        digests.append({p.name: p.read_bytes() for p in out.iterdir()})
+        result = sft.train_model(plan, cfg.train, cfg.model, cfg.compute, data=curated, out=out, init=None)
+        digests.append({p.name: p.read_bytes() if p.is_file() else sorted(q.name for q in p.iterdir())
+                        for p in out.iterdir()})
         assert result.summary()["seconds"] > 0 and result.summary()["steps"] == 3
         assert not checkpoint.work_dir(out).exists()  # the training state is dropped once the model is saved
     assert digests[0] == digests[1]
+    assert sorted(digests[0]) == ["README.md", "config.json", "diffusion_pytorch_model.safetensors", "sampling.json",
+                                  "scheduler", "train_log.json"]
+    sampling = json.loads(digests[0]["sampling.json"])
+    assert sampling["shift"] == cfg.model.shift and sampling["resolution"] == 32
+    assert sampling["text_encoder"] == {"encoder": "minilm", "max_tokens": 24, "dim": 384}
     log = json.loads(digests[0][checkpoint.LOG])
     assert log["recipe"]["plan"]["steps"] == 3 and len(log["history"]) == 3
     assert "samples_per_s" not in json.dumps(log) and "seconds" not in json.dumps(log)

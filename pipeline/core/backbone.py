@@ -21,7 +21,7 @@ from torch import Tensor, nn
 from pipeline.core.fields import Cond
 
 # name -> transformer depth and width; the text/pooled dims come from the text encoder.
-SIZES = {
+PRESETS = {
     "tiny": dict(num_layers=1, num_attention_heads=2, attention_head_dim=16),  # tests, ~0.1M
     "S": dict(num_layers=4, num_attention_heads=4, attention_head_dim=32),  # CPU default, ~2.4M
     "M": dict(num_layers=6, num_attention_heads=6, attention_head_dim=64),  # ~30M
@@ -53,13 +53,13 @@ class Backbone(nn.Module):
         self.transformer.save_pretrained(folder, safe_serialization=True)
 
 
-def build(size: str, patch_size: int, image_size: int, text_dim: int, channels: int = 3) -> Backbone:
-    """A freshly initialised backbone from the size registry."""
-    if size not in SIZES:
-        raise ValueError(f"model.size: unknown size {size!r}; expected one of {sorted(SIZES)}")
+def build(preset: str, patch_size: int, image_size: int, text_dim: int, channels: int = 3) -> Backbone:
+    """A freshly initialised backbone from the preset registry."""
+    if preset not in PRESETS:
+        raise ValueError(f"model.preset: unknown preset {preset!r}; expected one of {sorted(PRESETS)}")
     if image_size % patch_size:
         raise ValueError(f"model.patch_size: {patch_size} does not divide the image size {image_size}")
-    spec = SIZES[size]
+    spec = PRESETS[preset]
     width = spec["num_attention_heads"] * spec["attention_head_dim"]
     transformer = SD3Transformer2DModel(
         sample_size=image_size, patch_size=patch_size, in_channels=2 * channels, out_channels=channels,
@@ -74,7 +74,7 @@ def load(folder: str | Path) -> Backbone:
     folder = Path(folder)
     if not (folder / "config.json").is_file():
         raise FileNotFoundError(f"{folder}: not a model checkpoint (no config.json)")
-    return Backbone(SD3Transformer2DModel.from_pretrained(folder, local_files_only=True))
+    return Backbone(SD3Transformer2DModel.from_pretrained(folder, local_files_only=True, low_cpu_mem_usage=False))
 
 
 def load_pretrained(folder: str | Path, text_dim: int) -> Backbone:
@@ -84,7 +84,7 @@ def load_pretrained(folder: str | Path, text_dim: int) -> Backbone:
         folder = folder / "transformer"  # a whole pipeline folder
     if not (folder / "config.json").is_file():
         raise FileNotFoundError(f"model.pretrained: {folder} is not a local diffusers transformer folder")
-    transformer = SD3Transformer2DModel.from_pretrained(folder, local_files_only=True)
+    transformer = SD3Transformer2DModel.from_pretrained(folder, local_files_only=True, low_cpu_mem_usage=False)
     config = transformer.config
     for key in ("joint_attention_dim", "pooled_projection_dim"):
         if config[key] != text_dim:

@@ -1,6 +1,7 @@
 """Batches: curated records as stacked tensors, and the seeded batch streams training draws from.
 
-A `TensorSet` holds one or more buckets in memory (uint8 images, float16 text embeddings) and
+A `TensorSet` holds one or more buckets in memory (uint8 images, the float16 text embeddings of
+their prompts from the `pipeline.data.embeddings` store) and
 turns row indices into a batch ``(x, cond)``: x (B, 3, H, W) float in [-1, 1] (the pixel
 convention of `pipeline.data.shards`) and a `Cond`. Each row carries its ``task`` (an index into
 `world.TASKS`) and, when the set was loaded for a routed teacher, its ``route`` (an index into
@@ -24,6 +25,7 @@ from torch import Tensor
 
 from pipeline.core.fields import Cond
 from pipeline.data import shards, world
+from pipeline.data.embeddings import Embeddings
 
 Batch = tuple[Tensor, Cond]  # x (B, C, H, W) in [-1, 1], its condition
 
@@ -54,13 +56,14 @@ class TensorSet:
         return x, Cond(text=self.text[idx].float(), pooled=self.pooled[idx].float(), source=source, route=route)
 
 
-def load_tensors(root: str | Path, buckets: list[str], split: str, limit: int | None = None,
+def load_tensors(root: str | Path, buckets: list[str], split: str, embeddings: Embeddings, limit: int | None = None,
                  route_of_bucket: Mapping[str, int] | None = None) -> TensorSet:
-    """Stack the records of `buckets` (the first `limit` of each, if given).
+    """Stack the records of `buckets` (the first `limit` of each, if given) with their prompts' embeddings.
 
     `route_of_bucket` (bucket -> route index, `teacher.route_index`) fills the route column.
     """
     records = [r for b in buckets for r in shards.read_records(root, b, split)[:limit]]
+    text, pooled = embeddings.lookup([r.prompt for r in records])
     route = None
     if route_of_bucket is not None:
         if unrouted := sorted({r.bucket for r in records} - set(route_of_bucket)):
@@ -72,8 +75,8 @@ def load_tensors(root: str | Path, buckets: list[str], split: str, limit: int | 
         image=torch.from_numpy(image).permute(0, 3, 1, 2).contiguous(),
         source=torch.from_numpy(source).permute(0, 3, 1, 2).contiguous(),
         has_source=torch.tensor([r.source is not None for r in records]),
-        text=torch.from_numpy(np.stack([r.text for r in records])),
-        pooled=torch.from_numpy(np.stack([r.pooled for r in records])),
+        text=torch.from_numpy(text),
+        pooled=torch.from_numpy(pooled),
         task=torch.tensor([world.TASKS.index(r.task) for r in records]),
         route=route,
         records=records,
@@ -101,3 +104,24 @@ def random_batches(data: TensorSet, batch_size: int, generator: torch.Generator,
     """An endless stream of batches of `data`, rows drawn from `generator` one batch at a time."""
     while True:
         yield data.batch(draw_rows(len(data), batch_size, generator, weights))
+
+
+@dataclass
+class Curated:
+    """The curated data a stage reads: the shards folder and its prompts' embeddings store."""
+
+    shards: Path
+    embeddings: Embeddings
+
+    @classmethod
+    def open(cls, shards_dir: str | Path, embeddings_dir: str | Path) -> Curated:
+        return cls(Path(shards_dir), Embeddings.load(embeddings_dir))
+
+    def tensors(self, buckets: list[str], split: str, limit: int | None = None,
+                route_of_bucket: Mapping[str, int] | None = None) -> TensorSet:
+        """`load_tensors` of these shards and embeddings."""
+        return load_tensors(self.shards, buckets, split, self.embeddings, limit, route_of_bucket)
+
+    def null(self) -> tuple[Tensor, Tensor]:
+        """The null text (L, D) and pooled (D,) embeddings (float32): the null condition of CFG."""
+        return self.embeddings.null()

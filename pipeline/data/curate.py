@@ -1,19 +1,18 @@
 """Curation: render the ShapesEdit buckets (and ingest any external edit CSV) into shards + manifest.
 
-The output is a pure function of the `world`, `data` and `text` params: samples come from
-`world.make_bucket` (seeded), shards are byte-stable (`pipeline.data.shards`). Everything is
+The output is a pure function of the `world` and `data` params on any machine: samples come from
+`world.make_bucket` (seeded), shards hold no floats and are byte-stable (`pipeline.data.shards`). Everything is
 written to a temporary folder and renamed into place only when complete, so a failed or killed
 run never leaves a half-written shard folder that reads as valid.
 """
 from __future__ import annotations
 
-import shutil
 from pathlib import Path
 
 import numpy as np
 import pandas as pd
 
-from pipeline.data import shards, world
+from pipeline.data import outputs, shards, world
 from pipeline.data.external import external_items
 
 
@@ -27,27 +26,20 @@ def world_items(bucket: str, split: str, n: int, size: int) -> list[tuple[dict, 
     return items
 
 
-def curate(world_params, data_params, encoder, out: Path, manifest: Path) -> pd.DataFrame:
+def curate(world_params, data_params, out: Path, manifest: Path) -> pd.DataFrame:
     """Write every bucket's shards to `out` and the manifest; nothing is left half-written on error."""
     external = {}
     if data_params.external_csv:  # read and check it all before writing anything
-        external = external_items(data_params.external_csv, world_params.size, data_params.external_test_fraction)
-    tmp = out.with_name(out.name + ".tmp")
-    shutil.rmtree(tmp, ignore_errors=True)
-    try:
-        rows = []
+        external = external_items(data_params.external_csv, world_params.resolution, data_params.external_test_fraction)
+    rows = []
+    with outputs.atomic_dir(out) as tmp:
         for bucket in world.BUCKETS:
             for split, n in (("train", data_params.train_per_bucket), ("test", data_params.test_per_bucket)):
-                items = world_items(bucket, split, n, world_params.size)
-                rows += shards.write_bucket(items, encoder, tmp, bucket, split, data_params.shard_size)
+                items = world_items(bucket, split, n, world_params.resolution)
+                rows += shards.write_bucket(items, tmp, bucket, split, data_params.shard_size)
         for split, items in external.items():
             if items:
-                rows += shards.write_bucket(items, encoder, tmp, shards.EXTERNAL, split, data_params.shard_size)
+                rows += shards.write_bucket(items, tmp, shards.EXTERNAL, split, data_params.shard_size)
         shards.validate_manifest(pd.DataFrame(rows, columns=list(shards.MANIFEST_SCHEMA.columns)), str(manifest))
-        text, pooled = encoder.null()
-        np.savez(tmp / shards.NULL_FILE, text=text.astype(np.float16), pooled=pooled.astype(np.float16))
-    except BaseException:
-        shutil.rmtree(tmp, ignore_errors=True)
-        raise
-    shards.replace_dir(tmp, out)
+        shards.write_index(tmp, rows)
     return shards.write_manifest(rows, manifest)

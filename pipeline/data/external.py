@@ -1,13 +1,18 @@
 """External edit data: a CSV of edit pairs ingested into the `external` bucket through the manifest's schema.
 
-The CSV has the columns uid,task,prompt,source_image,target_image; image paths are relative to
-the CSV; task is local_edit or global_edit. Rows go to train or test by a hash of uid
+The CSV (UTF-8) has the columns uid,task,prompt,source_image,target_image; task is local_edit or
+global_edit; image paths are relative to the CSV and must stay inside its folder (which is then
+all a DVC dependency of curate). Rows go to train or test by a hash of uid
 (`data.external_test_fraction`). Every row and image is read and checked before anything is
-written; a bad one is a `DataError` naming the file, the row (counted from 1) and the column.
+written; a bad one is a `DataError` naming the file, the row (counted from 1) and the column:
+an empty, whitespace-only or "NaN"-like value, a duplicate uid, an unknown task, an image that
+cannot be read, lies outside the folder or has transparent pixels; an empty, non-UTF-8 or
+header-only file.
 """
 from __future__ import annotations
 
 import hashlib
+import io
 from pathlib import Path
 
 import numpy as np
@@ -19,13 +24,18 @@ from pipeline.data.shards import EXTERNAL, SPLITS, DataError, describe_failures
 
 COLUMNS = ["uid", "task", "prompt", "source_image", "target_image"]
 
+MISSING_WORDS = {"nan", "none", "null", "n/a", "na"}  # what a spreadsheet or pandas writes for a missing value
+_TEXT = pa.Check(lambda s: s.str.strip().str.len() > 0, element_wise=False, error="empty or whitespace only")
+_NOT_MISSING = pa.Check(lambda s: ~s.str.strip().str.lower().isin(MISSING_WORDS), element_wise=False,
+                        error=f"a missing-value marker ({', '.join(sorted(MISSING_WORDS))})")
+
 SCHEMA = pa.DataFrameSchema(
     {
-        "uid": pa.Column(str, pa.Check.str_length(min_value=1), unique=True),
+        "uid": pa.Column(str, [_TEXT, _NOT_MISSING], unique=True),
         "task": pa.Column(str, pa.Check.isin(["local_edit", "global_edit"])),
-        "prompt": pa.Column(str, pa.Check.str_length(min_value=1)),
-        "source_image": pa.Column(str, pa.Check.str_length(min_value=1)),
-        "target_image": pa.Column(str, pa.Check.str_length(min_value=1)),
+        "prompt": pa.Column(str, [_TEXT, _NOT_MISSING]),
+        "source_image": pa.Column(str, [_TEXT, _NOT_MISSING]),
+        "target_image": pa.Column(str, [_TEXT, _NOT_MISSING]),
     },
     strict=True,
 )
@@ -33,26 +43,57 @@ SCHEMA = pa.DataFrameSchema(
 
 def _read_csv(path: Path) -> pd.DataFrame:
     try:
-        df = pd.read_csv(path, dtype=str, keep_default_na=False)
-    except (OSError, pd.errors.ParserError) as err:
-        raise DataError(f"{path}: cannot read CSV: {err}") from err
+        raw = path.read_bytes()
+    except OSError as err:
+        raise DataError(f"{path}: cannot read CSV: {err.strerror or err}") from err
+    try:
+        text = raw.decode("utf-8")
+    except UnicodeDecodeError as err:
+        line = raw[:err.start].count(b"\n") + 1
+        raise DataError(f"{path}: line {line} is not UTF-8 (byte {raw[err.start]:#04x} at offset {err.start}); "
+                        f"save the CSV as UTF-8") from err
+    if not text.strip():
+        raise DataError(f"{path}: empty file; expected a header {','.join(COLUMNS)} and one row per edit")
+    try:
+        df = pd.read_csv(io.StringIO(text), dtype=str, keep_default_na=False)
+    except pd.errors.ParserError as err:
+        raise DataError(f"{path}: cannot parse CSV: {err}") from err
     df.index = df.index + 1  # rows are numbered from 1, as a person counts data rows
     missing = [c for c in COLUMNS if c not in df.columns]
     if missing:
         raise DataError(f"{path}: missing column {missing[0]!r} (expected {COLUMNS})")
+    if df.empty:
+        raise DataError(f"{path}: a header but no rows; nothing to ingest")
     try:
         return SCHEMA.validate(df, lazy=True)
     except pa.errors.SchemaErrors as err:
         raise DataError(f"{path}: {describe_failures(err)}") from err
 
 
+def _inside(folder: Path, name: str, where: str) -> Path:
+    """`folder / name`, refused unless `name` is a relative path that stays inside `folder`: an image
+    outside the CSV's folder would not be a DVC dependency of curate, so changing it would rerun nothing."""
+    path = (folder / name).resolve()
+    if Path(name).is_absolute() or not path.is_relative_to(folder.resolve()):
+        raise DataError(f"{where}: {name!r} is outside the CSV's folder {folder}; image paths must be "
+                        f"relative to it and inside it")
+    return path
+
+
 def _load_image(path: Path, size: int, where: str) -> np.ndarray:
     try:
         with Image.open(path) as img:
+            if img.mode in ("RGBA", "LA", "PA") or "transparency" in img.info:
+                alpha = np.asarray(img.convert("RGBA"))[..., 3]
+                if (alpha < 255).any():
+                    raise DataError(f"{where}: {str(path)!r} has transparent pixels ({(alpha < 255).mean():.0%}); "
+                                    f"flatten it onto its background first (transparency would be dropped)")
             img = img.convert("RGB")
             if img.size != (size, size):
                 img = img.resize((size, size), Image.Resampling.BICUBIC)
             return np.asarray(img)
+    except DataError:
+        raise
     except (OSError, ValueError) as err:
         raise DataError(f"{where}: cannot read image {str(path)!r}: {err}") from err
 
@@ -69,8 +110,11 @@ def external_items(csv: str | Path, size: int, test_fraction: float) -> dict[str
     items: dict[str, list] = {split: [] for split in SPLITS}
     for row in df.itertuples():
         where = f"{csv}: row {row.Index}"
-        source = _load_image(csv.parent / row.source_image, size, f"{where}, column 'source_image'")
-        target = _load_image(csv.parent / row.target_image, size, f"{where}, column 'target_image'")
+        images = {}
+        for column in ("source_image", "target_image"):
+            at = f"{where}, column {column!r}"
+            images[column] = _load_image(_inside(csv.parent, getattr(row, column), at), size, at)
+        source, target = images["source_image"], images["target_image"]
         split = _split(row.uid, test_fraction)
         record = {
             "key": f"{EXTERNAL}-{split}-{len(items[split]):06d}", "uid": row.uid, "bucket": EXTERNAL,

@@ -6,19 +6,18 @@ A shard is `<shards>/<bucket>/<split>-NNNN.tar`; each sample in it holds
   `<key>.png`         the target image
   `<key>.src.png`     the source image (edits only)
   `<key>.json`        the sample record (world.Sample.to_dict() + bucket, split, uid)
-  `<key>.text.npy`    float16 (max_tokens, D) token embeddings of the prompt, padding zeroed
-  `<key>.pooled.npy`  float16 (D,) pooled prompt embedding
-Tar members carry fixed metadata (mtime 0, fixed owner) and sorted names, so the same params give
-byte-identical shards and DVC sees no spurious change. Beside the buckets' folders, `null.npz`
-holds the empty prompt's embeddings (the null condition of CFG). External edit data
-(`pipeline.data.external`) becomes the bucket `external`.
+Tar members carry fixed metadata (mtime 0, fixed owner) and sorted names, and there are no
+floats in a shard (the prompts' embeddings are `pipeline.data.embeddings`), so the same params
+give byte-identical shards on any machine and DVC sees no spurious change. `index.json` beside the
+buckets' folders counts each shard's samples: a shard truncated on a sample boundary, which tar
+reads without complaint, is caught by its count. External edit data (`pipeline.data.external`)
+becomes the bucket `external`.
 """
 from __future__ import annotations
 
 import io
 import json
 import os
-import shutil
 import tarfile
 from collections.abc import Iterator
 from dataclasses import dataclass
@@ -35,7 +34,7 @@ from pipeline.data import world
 EXTERNAL = "external"
 BUCKETS = world.BUCKETS + (EXTERNAL,)
 SPLITS = ("train", "test")
-NULL_FILE = "null.npz"  # the empty prompt's embedding, the null condition of CFG
+INDEX = "index.json"  # shard (relative path) -> its number of samples
 
 MANIFEST_SCHEMA = pa.DataFrameSchema(
     {
@@ -72,8 +71,6 @@ class Record:
     prompt: str
     image: np.ndarray  # (H, W, 3) uint8 target
     source: np.ndarray | None  # (H, W, 3) uint8, edits only
-    text: np.ndarray  # (L, D) float16
-    pooled: np.ndarray  # (D,) float16
     meta: dict  # the full JSON record (scenes, spec, seed, uid)
 
 
@@ -98,12 +95,6 @@ def to_uint8(x: torch.Tensor) -> np.ndarray:
     return x.to(torch.uint8).permute(0, 2, 3, 1).numpy()
 
 
-def _npy_bytes(array: np.ndarray) -> bytes:
-    buf = io.BytesIO()
-    np.save(buf, array, allow_pickle=False)
-    return buf.getvalue()
-
-
 # --- writing ------------------------------------------------------------------------------------
 
 def _add(tar: tarfile.TarFile, name: str, payload: bytes) -> None:
@@ -113,25 +104,18 @@ def _add(tar: tarfile.TarFile, name: str, payload: bytes) -> None:
     tar.addfile(info, io.BytesIO(payload))
 
 
-def _write_sample(tar: tarfile.TarFile, record: dict, image: np.ndarray, source: np.ndarray | None,
-                  text: np.ndarray, pooled: np.ndarray) -> None:
+def _write_sample(tar: tarfile.TarFile, record: dict, image: np.ndarray, source: np.ndarray | None) -> None:
     key = record["key"]
-    members = {
-        "json": json.dumps(record, sort_keys=True).encode(),
-        "png": png_bytes(image),
-        "pooled.npy": _npy_bytes(pooled.astype(np.float16)),
-        "text.npy": _npy_bytes(text.astype(np.float16)),
-    }
+    members = {"json": json.dumps(record, sort_keys=True).encode(), "png": png_bytes(image)}
     if source is not None:
         members["src.png"] = png_bytes(source)
     for ext in sorted(members):
         _add(tar, f"{key}.{ext}", members[ext])
 
 
-def write_bucket(items: list[tuple[dict, np.ndarray, np.ndarray | None]], encoder, root: Path,
-                 bucket: str, split: str, shard_size: int) -> list[dict]:
+def write_bucket(items: list[tuple[dict, np.ndarray, np.ndarray | None]], root: Path, bucket: str, split: str,
+                 shard_size: int) -> list[dict]:
     """Write (record, image, source) items as shards of `bucket`/`split`; return manifest rows."""
-    text, pooled = encoder.encode([record["prompt"] for record, _, _ in items])
     rows = []
     (root / bucket).mkdir(parents=True, exist_ok=True)
     for start in range(0, len(items), shard_size):
@@ -139,7 +123,7 @@ def write_bucket(items: list[tuple[dict, np.ndarray, np.ndarray | None]], encode
         with tarfile.open(root / shard, "w", format=tarfile.USTAR_FORMAT) as tar:
             for i in range(start, min(start + shard_size, len(items))):
                 record, image, source = items[i]
-                _write_sample(tar, record, image, source, text[i], pooled[i])
+                _write_sample(tar, record, image, source)
                 rows.append(_manifest_row(record, shard))
     return rows
 
@@ -186,13 +170,6 @@ def read_manifest(path: str | Path) -> pd.DataFrame:
     return validate_manifest(pd.read_parquet(path), str(path))
 
 
-def replace_dir(tmp: Path, final: Path) -> None:
-    """Move a fully written folder into place, so no half-written output is ever `final`."""
-    if final.exists():
-        shutil.rmtree(final)
-    os.replace(tmp, final)
-
-
 # --- reading ------------------------------------------------------------------------------------
 
 def _decode(members: dict[str, bytes]) -> Record:
@@ -201,25 +178,38 @@ def _decode(members: dict[str, bytes]) -> Record:
     return Record(
         key=meta["key"], bucket=meta["bucket"], split=meta["split"], task=meta["task"],
         category=meta["category"], prompt=meta["prompt"], image=load_png(members["png"]),
-        source=load_png(members["src.png"]) if "src.png" in members else None,
-        text=np.load(io.BytesIO(members["text.npy"])), pooled=np.load(io.BytesIO(members["pooled.npy"])),
-        meta=meta,
+        source=load_png(members["src.png"]) if "src.png" in members else None, meta=meta,
     )
 
 
-def read_shard(path: str | Path) -> Iterator[Record]:
-    """Decode the samples of one shard, in order."""
+def _members(path: Path) -> Iterator[dict[str, bytes]]:
+    """The members of each sample of a shard, grouped by key, in order."""
     with tarfile.open(path) as tar:
         current, members = None, {}
         for info in tar:
             key, ext = info.name.split(".", 1)
             if key != current and members:
-                yield _decode(members)
+                yield members
                 members = {}
             current = key
             members[ext] = tar.extractfile(info).read()
         if members:
-            yield _decode(members)
+            yield members
+
+
+def read_shard(path: str | Path, expected: int | None = None) -> list[Record]:
+    """Decode the samples of one shard, in order; a damaged shard, or one without `expected`
+    samples, is a `DataError` naming it."""
+    path = Path(path)
+    try:
+        records = [_decode(members) for members in _members(path)]
+    except (tarfile.TarError, OSError, KeyError, ValueError) as err:  # truncated tar, bad PNG or JSON
+        raise DataError(f"{path}: damaged shard ({type(err).__name__}: {err}); rerun `dvc repro curate` "
+                        f"or `dvc checkout`") from err
+    if expected is not None and len(records) != expected:
+        raise DataError(f"{path}: {len(records)} samples, but {INDEX} says {expected}: the shard is "
+                        f"truncated; rerun `dvc repro curate` or `dvc checkout`")
+    return records
 
 
 def shard_paths(root: str | Path, bucket: str, split: str) -> list[Path]:
@@ -240,14 +230,25 @@ def world_sample(meta: dict) -> world.Sample:
     return world.Sample.from_dict({k: v for k, v in meta.items() if k not in RECORD_EXTRAS})
 
 
-def read_null(root: str | Path) -> tuple[torch.Tensor, torch.Tensor]:
-    """The null text (L, D) and pooled (D,) embeddings stored with the shards, as float32."""
-    with np.load(Path(root) / NULL_FILE) as null:
-        return torch.from_numpy(null["text"]).float(), torch.from_numpy(null["pooled"]).float()
+def write_index(root: Path, rows: list[dict]) -> None:
+    """`INDEX`: each shard's number of samples, from the manifest rows."""
+    counts: dict[str, int] = {}
+    for row in rows:
+        counts[row["shard"]] = counts.get(row["shard"], 0) + 1
+    (root / INDEX).write_text(json.dumps(counts, indent=1, sort_keys=True) + "\n")
 
 
 def read_records(root: str | Path, bucket: str, split: str) -> list[Record]:
-    """All records of a bucket/split, in shard order."""
-    return [r for path in shard_paths(root, bucket, split) for r in read_shard(path)]
+    """All records of a bucket/split, in shard order, each shard checked against `INDEX`."""
+    root = Path(root)
+    if not (root / INDEX).is_file():
+        raise DataError(f"{root}: no {INDEX}; not a complete shard folder (rerun `dvc repro curate`)")
+    counts = json.loads((root / INDEX).read_text())
+    paths = shard_paths(root, bucket, split)
+    if missing := [p.name for p in paths if p.relative_to(root).as_posix() not in counts]:
+        raise DataError(f"{root}: shards {missing} are not in {INDEX}")
+    if len(paths) != sum(1 for k in counts if k.startswith(f"{bucket}/{split}-")):
+        raise DataError(f"{root}/{bucket}: {len(paths)} {split} shards, but {INDEX} lists more; one is missing")
+    return [r for path in paths for r in read_shard(path, counts[path.relative_to(root).as_posix()])]
 
 

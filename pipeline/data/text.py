@@ -36,7 +36,9 @@ class TextEncoder:
 
     def __init__(self, name: str = "minilm", max_tokens: int = 24, batch_size: int = 256):
         from transformers import AutoModel, AutoTokenizer
+        from transformers.utils import logging as hf_logging
 
+        hf_logging.disable_progress_bar()  # a bar per load is noise in every stage's log
         path = encoder_dir(name)
         self.tokenizer = AutoTokenizer.from_pretrained(path, local_files_only=True)
         self.model = AutoModel.from_pretrained(path, local_files_only=True).eval().requires_grad_(False)

@@ -21,47 +21,48 @@ from pathlib import Path
 
 import numpy as np
 import torch
+from PIL import Image
 
 from pipeline.core import backbone, checkpoint, teacher
-from pipeline.core.batches import load_tensors
-from pipeline.eval.sample import generate, grid
+from pipeline.core.batches import Curated
+from pipeline.eval.sample import Panel, generate, labelled_grid
 from pipeline.data import shards, world
 from pipeline.eval import metrics
 
 BUCKETS = ("t2i", "local_edit", "global_edit", "realism")
+GRID_COLUMNS = 8  # test samples per bucket shown in the sample grid
 TEACHERS = {"teacher": False, "teacher_cfg": True}  # name -> sampled at fields.cfg_scale
 
 
-def sample_bucket(field, shards_dir: Path, bucket: str, eval_params, shift: float, guidance: float, null, device,
+def sample_bucket(field, data: Curated, bucket: str, eval_params, shift: float, guidance: float, device,
                   route_of_bucket: Mapping[str, int] | None = None):
     """(test records, outputs uint8 (N, H, W, 3), seconds) for one bucket's first `eval.count` tests."""
-    test = load_tensors(shards_dir, [bucket], "test", limit=eval_params.count, route_of_bucket=route_of_bucket)
+    test = data.tensors([bucket], "test", limit=eval_params.count, route_of_bucket=route_of_bucket)
     x, cond = test.batch(torch.arange(len(test)))
     tic = time.perf_counter()
     out = generate(field, cond, steps=eval_params.steps, shift=shift, seed=eval_params.seed, guidance=guidance,
-                   null=null, image_shape=tuple(x.shape[1:]), device=device)
+                   null=data.null(), image_shape=tuple(x.shape[1:]), device=device)
     return test, shards.to_uint8(out), time.perf_counter() - tic
 
 
-def evaluate(field, ev, shards_dir: Path, eval_params, shift: float, guidance: float, device,
-             route_of_bucket: Mapping[str, int] | None = None) -> tuple[dict, np.ndarray]:
-    """All metrics of one model and a grid of its first outputs per bucket."""
-    null = shards.read_null(shards_dir)
-    out, seconds, rows = {}, 0.0, []
+def evaluate(field, ev, data: Curated, eval_params, shift: float, guidance: float, device,
+             route_of_bucket: Mapping[str, int] | None = None) -> tuple[dict, Image.Image]:
+    """All metrics of one model, and a grid of its first outputs per bucket labelled with their prompts."""
+    out, seconds, panels = {}, 0.0, []
     for bucket in BUCKETS:
-        test, images, sec = sample_bucket(field, shards_dir, bucket, eval_params, shift, guidance, null, device,
-                                          route_of_bucket)
+        test, images, sec = sample_bucket(field, data, bucket, eval_params, shift, guidance, device, route_of_bucket)
         out[bucket] = (test, images)
         seconds += sec
-        if bucket in ("local_edit", "global_edit"):
-            rows.append(np.stack([r.source for r in test.records[:8]]))
-        rows.append(images[:8])
+        shown = test.records[:GRID_COLUMNS]
+        sources = [np.stack([r.source for r in shown])] if shown[0].source is not None else []
+        title = f"{bucket}: " + ("source (top), output (bottom)" if sources else "output for the prompt")
+        panels.append(Panel(title, sources + [images[:GRID_COLUMNS]], [r.prompt for r in shown]))
     result = _t2i_metrics(ev, *out["t2i"]) | _edit_metrics(ev, out["local_edit"], out["global_edit"])
     result["realism"] = metrics.realism(ev, out["realism"][1])
     n_images = sum(len(images) for _, images in out.values())
     result |= {"nfe": eval_params.steps * (1 if guidance == 1.0 else 2), "guidance": guidance,
                "sec_per_image": seconds / n_images}
-    return result, grid(rows)
+    return result, labelled_grid(panels)
 
 
 def _t2i_metrics(ev, test, images) -> dict:

@@ -2,7 +2,7 @@
 
 Conventions (this module owns them):
 
-- Inputs are (B, 3, S, S) float images in [-1, 1] (`shards.to_tensor`), S = `world.size`. Neither
+- Inputs are (B, 3, S, S) float images in [-1, 1] (`shards.to_tensor`), S = params `world.resolution`. Neither
   model normalises further: both are trained from scratch on exactly that range.
 - Parser labels: per cell (row-major, as `world`) one of `CONTENTS` (index 0 = empty, then every
   (shape, colour)); the background is an index into `world.BACKGROUNDS` and the style into
@@ -21,8 +21,6 @@ Conventions (this module owns them):
 from __future__ import annotations
 
 import json
-import shutil
-import tempfile
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
@@ -32,7 +30,8 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from pipeline.data import world
-from pipeline.data.shards import replace_dir, to_tensor
+from pipeline.data.outputs import atomic_dir
+from pipeline.data.shards import to_tensor
 
 CONTENTS = (None,) + tuple(world.Obj(s, c) for s in world.SHAPES for c in world.COLORS)
 _CONTENT_INDEX = {c: i for i, c in enumerate(CONTENTS)}
@@ -169,17 +168,11 @@ class Evaluator:
 
     def save(self, folder: str | Path) -> None:
         """Write the self-describing evaluator folder atomically (temp folder, then rename)."""
-        folder = Path(folder)
-        folder.parent.mkdir(parents=True, exist_ok=True)
-        tmp = Path(tempfile.mkdtemp(prefix=f".{folder.name}.", dir=folder.parent))
-        try:
+        with atomic_dir(folder) as tmp:
             torch.save(self.parser.state_dict(), tmp / "parser.pt")
             (tmp / "parser.json").write_text(json.dumps(asdict(self.parser.config), indent=1))
             self.clip.save_pretrained(tmp / "clip")
             self.tok.save_pretrained(tmp / "tokenizer")
-            replace_dir(tmp, folder)
-        finally:
-            shutil.rmtree(tmp, ignore_errors=True)  # gone already after a successful rename
 
     @classmethod
     def load(cls, folder: str | Path, device: str | torch.device = "cpu") -> Evaluator:

@@ -25,9 +25,9 @@ import torch
 from torch import Tensor, nn
 
 from pipeline.core import backbone, checkpoint, compute, flow, teacher
-from pipeline.core.batches import Batch, bucket_weights, load_tensors, random_batches
+from pipeline.core.batches import Batch, Curated, bucket_weights, random_batches
 from pipeline.core.fields import Cond, Field
-from pipeline.data import shards
+from pipeline.data import outputs
 from pipeline.train.loop import Fit, Loop, StepFn, fit
 from pipeline.train.router import Router
 
@@ -146,20 +146,21 @@ def router_routes(router: Router, routes: Sequence[teacher.Route]) -> Callable[[
     return route_of
 
 
-def train_student(method, fields, routing, train, shift: float, compute_params, *, shards_dir: Path, base: Path,
+def train_student(method, fields, routing, train, shift: float, compute_params, *, data: Curated, base: Path,
                   experts: Path, router_dir: Path, out: Path, name: str, on_log=None) -> Fit:
     """Distil every routed field into one student by `method` and save it to `out`.
 
     `base` and `experts` (the experts' root) hold the source checkpoints the routes and the init name.
     """
+    outputs.ensure_writable(out)
     device = compute.setup(compute_params)
-    routes, null = teacher.routes(fields), shards.read_null(shards_dir)
+    routes, null = teacher.routes(fields), data.null()
     sources = checkpoint.source_folders(base, experts, [r.source for r in routes] + [method.init])
     target_field = teacher.load_teacher(routes, sources, device, method.routing_mode,
                                         fields.guidance_scale if fields.absorb_guidance else None, null)
-    data = load_tensors(shards_dir, teacher.buckets(routes), "train", route_of_bucket=teacher.route_index(routes))
+    tensors = data.tensors(teacher.buckets(routes), "train", route_of_bucket=teacher.route_index(routes))
     rng = torch.Generator().manual_seed(train.seed)
-    batches = random_batches(data, method.batch_size, rng, bucket_weights(data, routing.weights))
+    batches = random_batches(tensors, method.batch_size, rng, bucket_weights(tensors, routing.weights))
     if routing.source == "router":
         batches = relabelled(batches, router_routes(Router.load(router_dir), routes))
     student = backbone.load(sources[method.init])
@@ -173,6 +174,7 @@ def train_student(method, fields, routing, train, shift: float, compute_params, 
     work = checkpoint.work_dir(out)
     result = fit(student, distill_step(target_field, method, shift, device), batches, loop, rng=rng, work=work,
                  run_id=checkpoint.fingerprint(recipe), device=device, on_log=on_log)
-    checkpoint.save_model(result.model, out, {"name": name, "recipe": recipe, "history": result.history})
+    sampling = checkpoint.sampling_card(shift, tensors.image.shape[-1], data.embeddings.info)
+    checkpoint.save_model(result.model, out, {"name": name, "recipe": recipe, "history": result.history}, sampling)
     checkpoint.finish(work)
     return result

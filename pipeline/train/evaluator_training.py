@@ -25,7 +25,7 @@ from torch import Tensor, nn
 from tqdm import tqdm
 
 from pipeline.core import compute
-from pipeline.data import world
+from pipeline.data import outputs, world
 from pipeline.data.shards import to_tensor
 from pipeline.data.text import encoder_dir
 from pipeline.eval.evaluator import (BACKGROUNDS, CLIP_MAX_TOKENS, CONTENTS, STYLES, Evaluator, ParserConfig,
@@ -205,6 +205,7 @@ def clip_sanity(ev: Evaluator, params, render: TileRenderer) -> dict:
 
 def train_evaluator(params, size: int, compute_params, out: Path) -> tuple[dict, float]:
     """Train, check and save the evaluator (`params` = ``eval.evaluator``) to `out`: (metrics, seconds)."""
+    outputs.ensure_writable(out)
     device = compute.setup(compute_params)
     tic = time.perf_counter()
     render = TileRenderer(size)

@@ -100,7 +100,8 @@ def fit(model: nn.Module, step_fn: StepFn, batches: Iterator[Batch], loop: Loop,
             batch = next(batches)
             with compute.autocast(device):
                 loss = step_fn(forward, batch, rng)
-            if not torch.isfinite(loss):
+            if not torch.isfinite(loss):  # resuming would replay it: the saved state goes too
+                checkpoint.finish(work)
                 raise FloatingPointError(f"{name}: loss is {loss.item()} at step {progress['step']}; stopping")
             (loss / loop.grad_accum).backward()
             loss_sum += loss.item() / loop.grad_accum

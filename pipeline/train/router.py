@@ -9,7 +9,6 @@ names) and ``router.safetensors``, written atomically, so loading never reads pa
 from __future__ import annotations
 
 import json
-import shutil
 from pathlib import Path
 
 import torch
@@ -17,10 +16,10 @@ import torch.nn.functional as F
 from safetensors.torch import load_file, save_file
 from torch import Tensor, nn
 
-from pipeline.core.batches import TensorSet, load_tensors
+from pipeline.core.batches import Curated, TensorSet
 from pipeline.core.fields import Cond
 from pipeline.data import world
-from pipeline.data.shards import replace_dir
+from pipeline.data.outputs import atomic_dir
 
 CONFIG = "router.json"
 WEIGHTS = "router.safetensors"
@@ -57,13 +56,10 @@ class Router(nn.Module):
     def save(self, folder: str | Path) -> None:
         """Write ``folder`` atomically: weights + the config that rebuilds the router."""
         folder = Path(folder)
-        tmp = folder.with_name(folder.name + ".tmp")
-        shutil.rmtree(tmp, ignore_errors=True)
-        tmp.mkdir(parents=True)
         config = {"dim": self.dim, "hidden": self.hidden, "classes": list(self.classes)}
-        (tmp / CONFIG).write_text(json.dumps(config, indent=1))
-        save_file({k: v.detach().cpu().contiguous() for k, v in self.state_dict().items()}, tmp / WEIGHTS)
-        replace_dir(tmp, folder)
+        with atomic_dir(folder) as tmp:
+            (tmp / CONFIG).write_text(json.dumps(config, indent=1))
+            save_file({k: v.detach().cpu().contiguous() for k, v in self.state_dict().items()}, tmp / WEIGHTS)
 
     @classmethod
     def load(cls, folder: str | Path) -> Router:
@@ -110,11 +106,11 @@ def train_router(train: TensorSet, label_fraction: float, steps: int, lr: float,
     return router, {"labelled": len(labelled), "train_accuracy": accuracy}
 
 
-def train_from_shards(params, shards_dir: Path, out: Path) -> dict:
+def train_on(data: Curated, params, out: Path) -> dict:
     """Train the router (`params`: the ``router`` section) on the task buckets, save it, return its metrics."""
     tasks = list(world.TASKS)
-    model, metrics = train_router(load_tensors(shards_dir, tasks, "train"), params.label_fraction, params.steps,
-                                  params.lr, params.seed)
-    metrics["test_accuracy"] = model.accuracy(load_tensors(shards_dir, tasks, "test"))
+    model, metrics = train_router(data.tensors(tasks, "train"), params.label_fraction, params.steps, params.lr,
+                                  params.seed)
+    metrics["test_accuracy"] = model.accuracy(data.tensors(tasks, "test"))
     model.save(out)
     return metrics

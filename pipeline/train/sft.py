@@ -19,8 +19,8 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from pipeline.core import backbone, checkpoint, compute, flow
-from pipeline.core.batches import Batch, load_tensors, random_batches
-from pipeline.data import shards, world
+from pipeline.core.batches import Batch, Curated, random_batches
+from pipeline.data import outputs, shards, world
 from pipeline.train.loop import Fit, Loop, StepFn, fit
 
 
@@ -69,35 +69,36 @@ def flow_matching_step(t_sampling: str, drop_text: float, drop_source: float, nu
 
 
 def new_model(model_params, seed: int, image_size: int, text_dim: int) -> backbone.Backbone:
-    """A backbone from `model.pretrained` or, when that is empty, from the size registry."""
+    """A backbone from `model.pretrained` or, when that is empty, from the preset registry."""
     if model_params.pretrained:
         return backbone.load_pretrained(model_params.pretrained, text_dim)
     torch.manual_seed(seed)  # initial weights are part of "same seed, same result"
-    return backbone.build(model_params.size, model_params.patch_size, image_size, text_dim)
+    return backbone.build(model_params.preset, model_params.patch_size, image_size, text_dim)
 
 
-def train_model(plan: Plan, train, model_params, compute_params, *, shards_dir: Path, out: Path,
+def train_model(plan: Plan, train, model_params, compute_params, *, data: Curated, out: Path,
                 init: Path | None, on_log=None) -> Fit:
-    """Train the SFT model of `plan` (from `init`, or from scratch) and save it to `out`."""
+    """Train the SFT model of `plan` (from `init`, or from scratch) on `data` and save it to `out`."""
+    outputs.ensure_writable(out)
     device = compute.setup(compute_params)
-    data = load_tensors(shards_dir, plan.buckets, "train")
-    model = backbone.load(init) if init else new_model(model_params, train.seed, data.image.shape[-1],
-                                                        data.text.shape[-1])
-    step = flow_matching_step(plan.t_sampling, train.drop_text, train.drop_source, shards.read_null(shards_dir),
-                              device)
+    tensors = data.tensors(plan.buckets, "train")
+    model = backbone.load(init) if init else new_model(model_params, train.seed, tensors.image.shape[-1],
+                                                        tensors.text.shape[-1])
+    step = flow_matching_step(plan.t_sampling, train.drop_text, train.drop_source, data.null(), device)
     loop = Loop(steps=plan.steps, lr=train.lr, weight_decay=train.weight_decay, grad_clip=train.grad_clip,
                 ema=train.ema, grad_accum=train.grad_accum, checkpoint_every=train.checkpoint_every,
                 log_every=train.log_every, compile=compute_params.compile)
     recipe = {"plan": dataclasses.asdict(plan), "loop": dataclasses.asdict(loop), "batch_size": train.batch_size,
               "drop_text": train.drop_text, "drop_source": train.drop_source, "seed": train.seed,
               "init": str(init) if init else  # a fine-tune's architecture is its init's; a new model's is params'
-              {key: getattr(model_params, key) for key in ("size", "patch_size", "pretrained")}}
+              {key: getattr(model_params, key) for key in ("preset", "patch_size", "pretrained")}}
     rng = torch.Generator().manual_seed(train.seed)
     work = checkpoint.work_dir(out)
-    result = fit(model, step, random_batches(data, train.batch_size, rng), loop, rng=rng, work=work,
-                 run_id=checkpoint.fingerprint(recipe, _shard_digest(shards_dir, plan.buckets)), device=device,
+    result = fit(model, step, random_batches(tensors, train.batch_size, rng), loop, rng=rng, work=work,
+                 run_id=checkpoint.fingerprint(recipe, _shard_digest(data.shards, plan.buckets)), device=device,
                  on_log=on_log)
-    checkpoint.save_model(result.model, out, {"name": plan.name, "recipe": recipe, "history": result.history})
+    sampling = checkpoint.sampling_card(model_params.shift, tensors.image.shape[-1], data.embeddings.info)
+    checkpoint.save_model(result.model, out, {"name": plan.name, "recipe": recipe, "history": result.history}, sampling)
     checkpoint.finish(work)
     return result
 
