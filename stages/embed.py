@@ -5,6 +5,7 @@ import argparse
 from pathlib import Path
 
 from pipeline import config, tracking
+from pipeline.core import compute
 from pipeline.data import embeddings, outputs, shards, text
 
 
@@ -16,6 +17,7 @@ def main() -> None:
 
     params = config.load()
     outputs.ensure_writable(args.out)
+    compute.setup(params.compute)  # a fixed thread count: the same bits on every rerun
     prompts = shards.read_manifest(args.manifest)["prompt"].tolist()
     with tracking.run("embed", params) as run:
         encoder = text.TextEncoder(params.text.encoder, params.text.max_tokens, params.text.batch_size)

@@ -5,6 +5,7 @@ import argparse
 from pathlib import Path
 
 from pipeline import config, tracking
+from pipeline.core import compute
 from pipeline.core.batches import Curated
 from pipeline.train import router
 
@@ -18,6 +19,7 @@ def main() -> None:
     args = parser.parse_args()
 
     params = config.load()
+    compute.setup(params.compute)  # one thread: the same bits on every rerun
     with tracking.run("train_router", params, model="router") as run:
         metrics = router.train_on(Curated.open(args.shards, args.embeddings), params.router, args.out)
         tracking.write_metrics(args.metrics, metrics)
