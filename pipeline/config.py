@@ -15,9 +15,11 @@ Names: Python attributes spell the guidance knobs ``fields.absorb_guidance`` and
 ``fields.guidance_scale``; their params.yaml keys stay ``fields.cfg`` and ``fields.cfg_scale``
 (the model card's interface: ``dvc exp run -S fields.cfg=true``).
 
-Methods: ``distill.methods.<name>`` holds overrides of the ``distill`` keys (and of
-``routing.mode`` as ``routing_mode``); they are resolved here into complete `Method`s
-(`Config.method`), so no other module validates a choice.
+Settings: ``settings.<name>`` is one of the paper's experiments (its routes, the students' init,
+its methods and seeds). Methods: ``distill.methods.<name>`` holds overrides of the ``distill``
+keys (and of ``routing.mode``/``per`` as ``routing_mode``/``routing_per``, and of the setting's
+``init``); they are resolved here, per setting, into complete `Method`s (`Config.method`), so no
+other module validates a choice.
 
 Tracing: with ``DANCEOPD_PARAMS_TRACE=<dir>`` in the environment, each process records the
 dotted params keys its code reads (a resolved method's value counts as a read of the key it came
@@ -30,6 +32,7 @@ import atexit
 import hashlib
 import json
 import os
+import re
 import sys
 import typing
 from pathlib import Path
@@ -49,12 +52,16 @@ PositiveFloat = Annotated[float, Field(gt=0)]
 Probability = Annotated[float, Field(ge=0, le=1)]
 # The buckets of curated data: the world's, and "external" (pipeline.data.external's ingest).
 Bucket = Literal[world.BUCKETS + ("external",)]
-ModelPreset = Literal["tiny", "S", "M", "B"]  # pipeline.core.backbone.PRESETS (a test keeps them equal)
-TSampling = Literal["logit_normal", "uniform"]
+ModelPreset = Literal["tiny", "S", "S-deep", "S-wide", "M", "B"]  # pipeline.core.backbone.PRESETS (a test keeps them equal)
+# The training t density; "_shifted": moved by model.shift like the sampling grid, so training
+# spends its samples where sampling spends its steps (more near noise, where layout is decided).
+TSampling = Literal["logit_normal", "uniform", "logit_normal_shifted", "uniform_shifted"]
 Query = Literal["low", "mid", "high", "uniform"]
 Weighting = Literal["mean", "diffusionopd"]
 States = Literal["on_policy", "off_policy"]
 RoutingMode = Literal["hard", "soft"]
+RoutingPer = Literal["step", "sample", "all"]
+RouteName = Literal["t2i", "edit", "local_edit", "global_edit"]  # pipeline.core.teacher.ROUTE_BUCKETS
 
 
 class ConfigError(ValueError):
@@ -142,22 +149,33 @@ class Model(Section):
     pretrained: str  # "" = build from `preset`; else a local diffusers transformer folder
 
 
+class Recipe(Section):
+    """How one kind of SFT model is optimised (the base from scratch; the fine-tunes from base)."""
+
+    lr: PositiveFloat
+    warmup_steps: NonNegative  # linear learning-rate warm-up
+    lr_decay: Literal["constant", "cosine"]  # after the warm-up
+    min_lr_ratio: Probability  # cosine: the final learning rate, as a share of lr
+    ema: Annotated[float, Field(ge=0, lt=1)]  # EMA decay (with diffusers' warm-up); 0 = off
+    t_sampling: TSampling
+
+
+class BaseRecipe(Recipe):
+    steps: Positive
+
+
 class Train(Section):
     batch_size: Positive
     grad_accum: Positive  # micro-batches of batch_size per optimizer step
-    lr: PositiveFloat
     weight_decay: Annotated[float, Field(ge=0)]
     grad_clip: PositiveFloat
-    ema: Annotated[float, Field(ge=0, lt=1)]  # EMA decay; 0 = off
-    base_steps: Positive
-    joint_steps: Positive
-    t_sampling: TSampling  # the base, trained from scratch
-    finetune_t_sampling: TSampling  # the models fine-tuned from base (experts, joint)
     drop_text: Probability  # condition dropout probabilities (for CFG)
     drop_source: Probability
     checkpoint_every: Positive
     log_every: Positive
     seed: int
+    base: BaseRecipe  # the T2I base, from scratch
+    finetune: Recipe  # the experts and joint, from base
 
 
 class Expert(Section):
@@ -173,32 +191,49 @@ class Router(Section):
 
 
 class Fields(Section):
-    # One per world bucket: the source model ("base" or an expert) whose field supervises that
-    # bucket's route; realism may be "" (no realism route).
-    t2i: str
-    local_edit: str
-    global_edit: str
-    realism: str
+    """The operators on the routed field the students learn."""
+
     absorb_guidance: bool = Field(alias="cfg")  # teacher target = guided field (CFG absorption)
     guidance_scale: PositiveFloat = Field(alias="cfg_scale")
 
 
 class Routing(Section):
-    mode: RoutingMode
+    mode: RoutingMode  # hard: one field per sample; soft: the weighted average of the setting's fields
     source: Literal["router", "label"]  # the router's prediction, or the true task
-    weights: dict[Bucket, Annotated[float, Field(ge=0)]]  # route sampling weights, per bucket
+    per: RoutingPer  # step: one route per optimizer step; sample: mixed in a batch; all: every route each step
+    weights: dict[RouteName, Annotated[float, Field(ge=0)]]  # route sampling (and soft-average) weights
+
+
+class Setting(Section):
+    """One experiment of the paper: its routes (route -> source model), the students' init, the
+    methods it runs and the seeds each student is trained with."""
+
+    routes: Annotated[dict[RouteName, str], Field(min_length=1)]
+    init: str
+    methods: list[str]  # empty: the setting's students are not trained (DVC expands no stage)
+    seeds: Annotated[list[int], Field(min_length=1)]
+
+
+class Run(Section):
+    """Which of the costlier rows `dvc repro` trains and evaluates (each list drives a DVC ``foreach``
+    or ``matrix``; a row left out costs nothing and is one ``-S`` away)."""
+
+    experts: list[str]  # the experts trained (of ``experts``)
+    baselines: list[str]  # settings whose joint-SFT and weight-merge baselines run
+    teachers: list[str]  # settings whose routed teachers (plain and guided) are evaluated
 
 
 class MethodOverrides(Section):
     """What ``distill.methods.<name>`` may override (every key optional)."""
 
-    init: str | None = None
+    init: str | None = None  # default: the setting's
     rollout_steps: Positive | None = None
     query: Query | None = None
-    queries: Positive | None = None
+    queries: Positive | Literal["all"] | None = None  # "all": every rollout state (DiffusionOPD)
     weighting: Weighting | None = None
     states: States | None = None
     routing_mode: RoutingMode | None = None
+    routing_per: RoutingPer | None = None
     steps: Positive | None = None
     batch_size: Positive | None = None
     grad_accum: Positive | None = None
@@ -206,7 +241,6 @@ class MethodOverrides(Section):
 
 
 class Distill(Section):
-    init: str  # the model the students start from: base or an expert name
     rollout_steps: Positive  # R: Euler steps of the student rollout (= query candidates)
     query: Query  # low: Beta(5,2) over rollout indices; mid: Beta(5,5); high: Beta(2,5); uniform
     queries: Positive  # K states per rollout
@@ -220,7 +254,8 @@ class Distill(Section):
 
 
 class Method(Section):
-    """One distillation recipe, resolved: the ``distill`` keys and ``routing.mode`` with its overrides."""
+    """One distillation recipe, resolved: the ``distill`` keys, ``routing.mode`` and ``routing.per``
+    and the setting's init, with the method's overrides."""
 
     init: str
     rollout_steps: Positive
@@ -229,6 +264,7 @@ class Method(Section):
     weighting: Weighting
     states: States
     routing_mode: RoutingMode
+    routing_per: RoutingPer
     steps: Positive
     batch_size: Positive
     grad_accum: Positive
@@ -241,6 +277,7 @@ class Evaluator(Section):
     batch_size: Positive
     lr: PositiveFloat
     holdout: Positive  # held-out renders that measure scene_accuracy
+    reference: Positive  # real T2I test renders whose features are KID's and FID's reference
     seed: int
     min_scene_accuracy: Probability  # held-out scene accuracy below which the stage fails (DESIGN §7)
 
@@ -270,15 +307,18 @@ class Config(Section):
     fields: Fields
     routing: Routing
     distill: Distill
+    settings: dict[str, Setting]
+    run: Run
     eval: Eval
     compute: Compute
-    _methods: dict[str, Method] = PrivateAttr(default_factory=dict)
+    _methods: dict[tuple[str, str], Method] = PrivateAttr(default_factory=dict)
 
-    def method(self, name: str) -> Method:
-        """The resolved method ``distill.methods.<name>``."""
-        if name not in self._methods:
-            raise ConfigError(f"distill.methods.{name}: unknown method (expected one of {sorted(self._methods)})")
-        return self._methods[name]
+    def method(self, setting: str, name: str) -> Method:
+        """The method ``distill.methods.<name>`` resolved for ``settings.<setting>``."""
+        if (setting, name) not in self._methods:
+            raise ConfigError(f"settings.{setting}.methods: no method {name!r} "
+                              f"(the setting runs {self.settings[setting].methods if setting in self.settings else []})")
+        return self._methods[(setting, name)]
 
     def sources(self) -> list[str]:
         """The names of the source models a field or a student init may name: base and the experts."""
@@ -302,7 +342,9 @@ def parse(raw: Any, source: str) -> Config:
     except ValidationError as err:
         raise ConfigError(_describe(err, source)) from err
     problems = _check(cfg)
-    cfg._methods.update({name: _resolve(cfg, name, problems) for name in cfg.distill.methods})
+    if not problems:  # methods resolve against valid settings
+        cfg._methods.update({(s, m): _resolve(cfg, s, m, problems) for s, setting in cfg.settings.items()
+                             for m in setting.methods})
     if problems:
         raise ConfigError(_listed(source, problems))
     _locate(cfg, "")
@@ -311,36 +353,53 @@ def parse(raw: Any, source: str) -> Config:
 
 
 def _check(cfg: Config) -> list[str]:
-    """The rules that span keys: every named model exists, every route has a weight."""
+    """The rules that span keys: every named model and method exists, every route has a weight."""
     sources, problems = cfg.sources(), []
-    routes = []  # a route per bucket whose field names a model (pipeline.core.teacher.routes); each task needs one
-    for bucket in world.BUCKETS:
-        name = getattr(cfg.fields, bucket)
-        if (name or bucket in world.TASKS) and name not in sources:
-            problems.append(f"fields.{bucket}: {name!r} is not a source model (expected one of {sources})")
-        routes += [bucket] if name else []
     csv = Path(cfg.data.external_csv)
     if cfg.data.external_csv and (csv.is_absolute() or csv.parts[0] != "external" or ".." in csv.parts):
         problems.append(f"data.external_csv: {cfg.data.external_csv!r} must be a path under external/ "
                         f"(the folder curate depends on, so that changing the data reruns it)")
-    if cfg.distill.init not in sources:
-        problems.append(f"distill.init: {cfg.distill.init!r} is not a source model (expected one of {sources})")
-    for route in routes:
-        if route not in cfg.routing.weights:
-            problems.append(f"routing.weights.{route}: missing weight for route {route!r}")
-    if not problems and sum(cfg.routing.weights.values()) <= 0:
-        problems.append("routing.weights: every weight is 0")
+    for name, setting in cfg.settings.items():
+        where = f"settings.{name}"
+        for route, source in setting.routes.items():
+            if source not in sources:
+                problems.append(f"{where}.routes.{route}: {source!r} is not a source model (expected one of {sources})")
+            if route not in cfg.routing.weights:
+                problems.append(f"routing.weights.{route}: missing weight for route {route!r} of {where}")
+        if setting.init not in sources:
+            problems.append(f"{where}.init: {setting.init!r} is not a source model (expected one of {sources})")
+        if unknown := [m for m in setting.methods if m not in cfg.distill.methods]:
+            problems.append(f"{where}.methods: {unknown} not in distill.methods {sorted(cfg.distill.methods)}")
+        used = bool(setting.methods) or name in cfg.run.baselines or name in cfg.run.teachers
+        untrained = [s for s in dict.fromkeys([*setting.routes.values(), setting.init])
+                     if s in cfg.experts and s not in cfg.run.experts]
+        if used and untrained:
+            problems.append(f"run.experts: {untrained} (sources of {where}, which runs) are not trained; "
+                            f"add them to run.experts")
+        if len(set(setting.seeds)) != len(setting.seeds):
+            problems.append(f"{where}.seeds: {setting.seeds} repeats a seed")
+        if not problems and sum(cfg.routing.weights[r] for r in setting.routes) <= 0:
+            problems.append(f"routing.weights: every route of {where} has weight 0")
+    for key in ("baselines", "teachers"):
+        if unknown := [n for n in getattr(cfg.run, key) if n not in cfg.settings]:
+            problems.append(f"run.{key}: {unknown} are not settings (expected some of {sorted(cfg.settings)})")
+    if unknown := [n for n in cfg.run.experts if n not in cfg.experts]:
+        problems.append(f"run.experts: {unknown} are not experts (expected some of {sorted(cfg.experts)})")
     return problems
 
 
-def _resolve(cfg: Config, name: str, problems: list[str]) -> Method:
-    """``distill`` (and ``routing.mode``) with the overrides of method ``name``."""
-    values = {key: getattr(cfg.distill, key) for key in Method.model_fields if key != "routing_mode"}
-    values["routing_mode"] = cfg.routing.mode
-    origins = {key: f"distill.{key}" for key in values} | {"routing_mode": "routing.mode"}
+def _resolve(cfg: Config, setting: str, name: str, problems: list[str]) -> Method:
+    """``distill``, ``routing.mode``/``per`` and the setting's init, with the overrides of method ``name``."""
+    shared = [k for k in Method.model_fields if k not in ("routing_mode", "routing_per", "init")]
+    values = {key: getattr(cfg.distill, key) for key in shared}
+    values |= {"routing_mode": cfg.routing.mode, "routing_per": cfg.routing.per, "init": cfg.settings[setting].init}
+    origins = {key: f"distill.{key}" for key in shared}
+    origins |= {"routing_mode": "routing.mode", "routing_per": "routing.per", "init": f"settings.{setting}.init"}
     overrides = cfg.distill.methods[name]
     for key in overrides.model_fields_set if overrides is not None else ():
         values[key], origins[key] = getattr(overrides, key), f"distill.methods.{name}.{key}"
+    if values["queries"] == "all":
+        values["queries"] = values["rollout_steps"]
     if values["init"] not in cfg.sources():
         problems.append(f"{origins['init']}: {values['init']!r} is not a source model")
     if values["queries"] > values["rollout_steps"]:
@@ -363,14 +422,15 @@ def _locate(section: Section, where: str) -> None:
             for k, v in value.items():
                 if isinstance(v, Section):
                     _locate(v, f"{key}.{k}")
-    for name, method in getattr(section, "_methods", {}).items():
+    for (_, name), method in getattr(section, "_methods", {}).items():
         _locate(method, f"distill.methods.{name}")
 
 
 def _describe(err: ValidationError, source: str) -> str:
     lines = []
     for e in err.errors():
-        key = "".join(f"[{p}]" if isinstance(p, int) else f".{p}" for p in e["loc"]).lstrip(".")
+        loc = [p for p in e["loc"] if not _UNION_TAG.match(str(p))]  # pydantic tags a union's members
+        key = "".join(f"[{p}]" if isinstance(p, int) else f".{p}" for p in loc).lstrip(".")
         if e["type"] == "extra_forbidden":
             expected = _keys_at(e["loc"][:-1])
             lines.append(f"{key}: unknown key" + (f" (expected one of {expected})" if expected else ""))
@@ -378,7 +438,10 @@ def _describe(err: ValidationError, source: str) -> str:
             lines.append(f"{key}: missing key")
         else:
             lines.append(f"{key}: {e['msg']}, got {e['input']!r}")
-    return _listed(source, lines)
+    return _listed(source, list(dict.fromkeys(lines)))
+
+
+_UNION_TAG = re.compile(r"^(\[key\]|constrained-\w+|literal\[.*\]|function-\w+\[.*\]|int|float|str|bool|none)$")
 
 
 def _keys_at(loc: tuple) -> list[str]:

@@ -25,7 +25,7 @@ from pipeline.data import shards, text, world
 from pipeline.eval.sample import generate
 from pipeline.train.router import Router
 
-DEFAULT_MODEL = Path("data/models/students/danceopd")  # the DanceOPD student of the default setting
+DEFAULT_MODEL = Path("data/models/students/t2i_edit/danceopd-s0")  # DanceOPD of Table 2A (T2I + edit)
 DEFAULT_ROUTER = Path("data/models/router")
 
 

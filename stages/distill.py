@@ -1,4 +1,4 @@
-"""Stage `distill`: one student distilled from every routed field, for the method named in argv."""
+"""Stages `distill_<setting>`: one student of a setting, for the method and seed named in argv."""
 from __future__ import annotations
 
 import argparse
@@ -12,7 +12,9 @@ from pipeline.train import distill
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__)
-    parser.add_argument("method", help="a key of params distill.methods")
+    parser.add_argument("setting", help="a key of params settings")
+    parser.add_argument("method", help="one of the setting's methods (params distill.methods)")
+    parser.add_argument("--seed", type=int, required=True, help="one of the setting's seeds")
     parser.add_argument("--shards", type=Path, required=True)
     parser.add_argument("--embeddings", type=Path, required=True)
     parser.add_argument("--base", type=Path, required=True, help="the base checkpoint")
@@ -23,19 +25,22 @@ def main() -> None:
     args = parser.parse_args()
 
     params = config.load()
-    method = params.method(args.method)
+    setting, method = params.settings[args.setting], params.method(args.setting, args.method)
+    if args.seed not in setting.seeds:
+        raise SystemExit(f"settings.{args.setting}.seeds: {setting.seeds} has no seed {args.seed}")
     data = Curated.open(args.shards, args.embeddings)
-    resume = checkpoint.work_dir(args.out)
-    with tracking.run("distill", params, recipe={"method": method}, model=args.method, resume=resume) as run:
+    name = f"{args.setting}/{args.method}-s{args.seed}"
+    recipe = {"setting": setting, "method": method, "seed": args.seed}
+    with tracking.run("distill", params, recipe=recipe, model=name, resume=checkpoint.work_dir(args.out)) as run:
         result = distill.train_student(
-            method, params.fields, params.routing, params.train, params.model.shift, params.compute, data=data,
-            base=args.base, experts=args.experts, router_dir=args.router, out=args.out, name=args.method,
-            on_log=lambda step, row: run.log_metrics(row, step))
+            method, setting, params.fields, params.routing, params.train, params.model.shift, params.compute,
+            data=data, base=args.base, experts=args.experts, router_dir=args.router, out=args.out, name=name,
+            seed=args.seed, on_log=lambda step, row: run.log_metrics(row, step))
         summary = result.summary()
         tracking.write_metrics(args.metrics, summary)
         run.log_metrics(summary)
         run.log_artifact(args.out / checkpoint.LOG)
-    print(f"distill {args.method}: {summary} -> {args.out}")
+    print(f"distill {name}: {summary} -> {args.out}")
 
 
 if __name__ == "__main__":

@@ -16,6 +16,7 @@ from pipeline.train import sft
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__)
     parser.add_argument("name", help="base | joint | an expert name")
+    parser.add_argument("--setting", default=None, help="joint: the setting whose buckets it trains on")
     parser.add_argument("--shards", type=Path, required=True)
     parser.add_argument("--embeddings", type=Path, required=True)
     parser.add_argument("--init", type=Path, default=None, help="checkpoint to fine-tune from")
@@ -24,10 +25,12 @@ def main() -> None:
     args = parser.parse_args()
 
     params = config.load()
-    plan = sft.plan(args.name, params.train, params.experts, params.fields)
+    setting = params.settings[args.setting] if args.setting else None
+    plan = sft.plan(args.name, params.train, params.experts, setting)
     data = Curated.open(args.shards, args.embeddings)
     recipe = {"plan": plan, "init": str(args.init) if args.init else "scratch"}
-    with tracking.run("train", params, recipe=recipe, model=args.name, resume=checkpoint.work_dir(args.out)) as run:
+    name = f"{args.setting}/{args.name}" if args.setting else args.name
+    with tracking.run("train", params, recipe=recipe, model=name, resume=checkpoint.work_dir(args.out)) as run:
         result = sft.train_model(plan, params.train, params.model, params.compute, data=data, out=args.out,
                                  init=args.init, on_log=lambda step, row: run.log_metrics(row, step))
         summary = result.summary()

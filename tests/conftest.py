@@ -42,26 +42,45 @@ def curated(tmp_path_factory, encoder):
 TINY = {  # a config small enough for a stage to run in seconds
     "data": {"train_per_bucket": 12, "test_per_bucket": 6, "shard_size": 8},
     "model": {"preset": "tiny"},
-    "train": {"batch_size": 4, "base_steps": 4, "joint_steps": 2, "checkpoint_every": 2,
-              "log_every": 1},
-    "eval": {"count": 6, "steps": 2,
-             "evaluator": {"parser_steps": 2, "clip_steps": 2, "batch_size": 8, "lr": 2.0e-3, "holdout": 40,
-                           "seed": 0, "min_scene_accuracy": 0.0}},
+    "train": {"batch_size": 4, "checkpoint_every": 2, "log_every": 1, "base": {"steps": 4}},
+    "eval": {"count": 6, "steps": 2, "evaluator": {"parser_steps": 2, "clip_steps": 2, "batch_size": 8, "holdout": 40,
+                                                   "reference": 200, "min_scene_accuracy": 0.0}},
     "router": {"steps": 20, "label_fraction": 0.5},
-    "distill": {"rollout_steps": 4, "steps": 2, "batch_size": 2,
-                "methods": {"danceopd": {}, "dense": {"queries": 4, "query": "uniform", "weighting": "diffusionopd"}}},
-    # Two experts and two methods keep the end-to-end run short; the others are the same code paths.
-    "experts": {"local_edit": {"buckets": ["local_edit"], "steps": 2}, "global_edit": {"buckets": ["global_edit"], "steps": 2}},
+    "distill": {"rollout_steps": 4, "steps": 2, "batch_size": 2},
+    "experts": {name: {"buckets": buckets, "steps": 2} for name, buckets in (
+        ("local_edit", ["local_edit"]), ("global_edit", ["global_edit"]), ("edit", ["local_edit", "global_edit"]),
+        ("realism", ["realism"]))},
+    # Every setting, with few methods: the others are the same code paths, unit-tested.
+    "run": {"experts": ["local_edit", "global_edit", "edit", "realism"], "baselines": ["t2i_edit", "local_global"],
+            "teachers": ["t2i_edit", "local_global", "diagnostic"]},
+    "settings": {"t2i_edit": {"methods": ["danceopd", "diffusionopd"]}, "local_global": {"methods": ["offpolicy"]},
+                 "diagnostic": {"methods": ["soft"]}, "realism": {"methods": ["danceopd"]}},
 }
 
 
+# The rows the default params leave out (`run`, empty method lists), all on: for tests of every setting.
+ALL_ROWS = {
+    "run": TINY["run"],
+    "settings": {"local_global": {"methods": ["danceopd", "diffusionopd", "offpolicy"]},
+                 "diagnostic": {"methods": ["danceopd", "soft", "per_sample", "query_mid", "query_high", "k4"]}},
+}
+
+
+def _merged(base: dict, update: dict) -> dict:
+    """`base` with `update` applied, nested mappings merged key by key."""
+    out = dict(base)
+    for key, value in update.items():
+        out[key] = _merged(out[key], value) if isinstance(value, dict) and isinstance(out.get(key), dict) else value
+    return out
+
+
 def tiny_raw(_base: dict | None = TINY, **sections) -> dict:
-    """params.yaml with the TINY overrides and then `sections` applied (one level deep)."""
+    """params.yaml with the TINY overrides and then `sections` applied (nested keys merged)."""
     import yaml
 
     raw = yaml.safe_load((ROOT / "params.yaml").read_text())
     for name, values in ((_base or {}) | sections).items():
-        raw[name] = values if name == "experts" else raw[name] | values
+        raw[name] = values if name == "experts" else _merged(raw[name], values)
     return raw
 
 

@@ -38,6 +38,8 @@ def test_t2i_source_is_zeros(model):
     x, t, cond = torch.randn(2, 3, 16, 16), torch.rand(2), _cond(source=False)
     zeros = Cond(cond.text, cond.pooled, torch.zeros(2, 3, 16, 16))
     assert torch.equal(model(x, t, cond), model(x, t, zeros))
+    with torch.no_grad():  # as an expert trained on sources has
+        model.transformer.pos_embed.proj.weight[:, 3:].normal_()
     assert not torch.equal(model(x, t, cond), model(x, t, _cond()))  # the source matters
 
 
@@ -88,3 +90,14 @@ def test_average_is_the_parameter_mean(tmp_path):
     backbone.build("tiny", 8, 16, 384).save(tmp_path / "other")
     with pytest.raises(ValueError, match="do not share one architecture"):
         backbone.average([folders[0], tmp_path / "other"])
+
+
+def test_a_new_model_ignores_the_source_until_trained_on_it():
+    torch.manual_seed(0)
+    model = backbone.build("tiny", 4, 32, 8)
+    x, t = torch.randn(2, 3, 32, 32), torch.rand(2)
+    text, pooled = torch.randn(2, 4, 8), torch.randn(2, 8)
+    with torch.no_grad():
+        a = model(x, t, Cond(text, pooled, torch.randn(2, 3, 32, 32)))
+        b = model(x, t, Cond(text, pooled, None))
+    assert torch.equal(a, b)

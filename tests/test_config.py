@@ -9,7 +9,7 @@ import yaml
 
 from pipeline import config
 from pipeline.core import backbone
-from tests.conftest import ROOT, repo_cfg
+from tests.conftest import ALL_ROWS, ROOT, repo_cfg, tiny_cfg
 
 
 def _raw():
@@ -36,12 +36,12 @@ def test_repo_params_load():
     assert cfg.fields.absorb_guidance is False  # params.yaml's `fields.cfg`
     assert set(cfg.experts) == {"local_edit", "global_edit", "edit", "realism"}
     assert cfg.experts["edit"].buckets == ["local_edit", "global_edit"]
-    assert isinstance(cfg.train.lr, float)
+    assert isinstance(cfg.train.base.lr, float) and cfg.train.finetune.t_sampling == "uniform"
 
 
 def test_every_design_section_present():
     sections = {"world", "data", "text", "model", "train", "experts", "router", "fields",
-                "routing", "distill", "eval", "compute"}
+                "routing", "distill", "settings", "run", "eval", "compute"}
     assert set(_raw()) == sections
 
 
@@ -70,7 +70,7 @@ def test_missing_section_is_named(tmp_path):
     ("world.resolution", "big", r"world.resolution: Input should be a valid integer, got 'big'"),
     ("fields.cfg", "yes", r"fields.cfg: Input should be a valid boolean, got 'yes'"),
     ("world.resolution", True, r"world.resolution: Input should be a valid integer"),
-    ("train.lr", "fast", r"train.lr: Input should be a valid number"),
+    ("train.base.lr", "fast", r"train.base.lr: Input should be a valid number"),
     ("routing.weights", [1, 2], r"routing.weights: Input should be a valid dictionary"),
     ("experts", {"local_edit": {"buckets": "local_edit", "steps": 2}}, r"experts.local_edit.buckets: Input should be a valid list"),
 ])
@@ -80,8 +80,9 @@ def test_wrong_type_is_named(tmp_path, key, value, match):
 
 
 @pytest.mark.parametrize("key,value", [  # every enum of the pipeline is checked at load, not in its stage
-    ("train.t_sampling", "logit-normal"),
-    ("train.finetune_t_sampling", "normal"),
+    ("train.base.t_sampling", "logit-normal"),
+    ("train.finetune.t_sampling", "normal"),
+    ("train.finetune.lr_decay", "linear"),
     ("routing.source", "lable"),
     ("routing.mode", "blend"),
     ("compute.device", "mps"),
@@ -97,8 +98,9 @@ def test_choices_are_checked_at_load(tmp_path, key, value):
 
 
 @pytest.mark.parametrize("key,value", [
-    ("train.base_steps", -5), ("train.checkpoint_every", 0), ("train.log_every", 0), ("train.batch_size", 0),
-    ("train.grad_accum", 0), ("train.lr", 0.0), ("train.drop_text", 1.5), ("train.ema", 1.0),
+    ("train.base.steps", -5), ("train.checkpoint_every", 0), ("train.log_every", 0), ("train.batch_size", 0),
+    ("train.grad_accum", 0), ("train.base.lr", 0.0), ("train.drop_text", 1.5), ("train.finetune.ema", 1.0),
+    ("train.base.min_lr_ratio", 1.5),
     ("distill.rollout_steps", 0), ("eval.count", 0), ("router.label_fraction", 0.0), ("compute.threads", -1),
 ])
 def test_numbers_out_of_range_are_named(tmp_path, key, value):
@@ -116,10 +118,10 @@ def test_every_problem_is_listed_at_once(tmp_path):
 def test_params_are_read_as_yaml_1_2_like_dvc(tmp_path):
     """`-S fields.cfg=yes` must not silently turn CFG absorption on (YAML 1.1's yes = true)."""
     text = (ROOT / "params.yaml").read_text()
-    assert "  cfg: false" in text and "  lr: 2.0e-3" in text
+    assert "  cfg: false" in text and "    lr: 2.0e-3" in text
     path = tmp_path / "params.yaml"
-    path.write_text(text.replace("  lr: 2.0e-3", "  lr: 1e-3"))  # YAML 1.2: a number
-    assert config.load(path).train.lr == 1e-3
+    path.write_text(text.replace("    lr: 2.0e-3", "    lr: 1e-3"))  # YAML 1.2: a number
+    assert config.load(path).train.base.lr == 1e-3
     for word in ("yes", "on", "Y"):
         path.write_text(text.replace("  cfg: false", f"  cfg: {word}"))
         with pytest.raises(config.ConfigError, match=rf"fields.cfg: Input should be a valid boolean, got '{word}'"):
@@ -133,22 +135,23 @@ def test_int_accepted_for_float(tmp_path):
 
 
 @pytest.mark.parametrize("key,value,where", [
-    ("fields.t2i", "bas", r"fields.t2i: 'bas' is not a source model"),
-    ("fields.realism", "nope", r"fields.realism: 'nope' is not a source model"),
-    ("fields.local_edit", "", r"fields.local_edit: '' is not a source model"),
-    ("distill.init", "merge", r"distill.init: 'merge' is not a source model"),
-    ("routing.weights", {"t2i": 1.0, "local_edit": 1.0}, r"routing.weights.global_edit: missing weight"),
-    ("routing.weights", {"t2i": 0.0, "local_edit": 0.0, "global_edit": 0.0}, r"routing.weights: every weight is 0"),
+    ("settings.t2i_edit.routes.t2i", "bas", r"settings.t2i_edit.routes.t2i: 'bas' is not a source model"),
+    ("settings.realism.init", "merge", r"settings.realism.init: 'merge' is not a source model"),
+    ("settings.local_global.methods", ["danceopd", "dense"], r"settings.local_global.methods: \['dense'\] not in"),
+    ("settings.diagnostic.seeds", [0, 0], r"settings.diagnostic.seeds: \[0, 0\] repeats a seed"),
+    ("routing.weights", {"t2i": 1.0, "local_edit": 1.0, "global_edit": 1.0},
+     r"routing.weights.edit: missing weight for route 'edit' of settings.t2i_edit"),
+    ("routing.weights", {"t2i": 1.0, "edit": 1.0, "local_edit": 0.0, "global_edit": 0.0},
+     r"routing.weights: every route of settings.local_global has weight 0"),
 ])
 def test_cross_section_rules(tmp_path, key, value, where):
     with pytest.raises(config.ConfigError, match=where):
         config.load(_write(tmp_path, _set(_raw(), key, value)))
 
 
-def test_the_realism_route_needs_its_weight(tmp_path):
-    raw = _set(_raw(), "fields.realism", "realism")
-    del raw["routing"]["weights"]["realism"]
-    with pytest.raises(config.ConfigError, match=r"routing.weights.realism: missing weight"):
+def test_a_route_must_be_one_the_registry_knows(tmp_path):
+    raw = _set(_raw(), "settings.realism.routes", {"realism": "realism"})
+    with pytest.raises(config.ConfigError, match=r"settings.realism.routes.realism: Input should be 't2i', 'edit'"):
         config.load(_write(tmp_path, raw))
 
 
@@ -156,24 +159,25 @@ def test_model_presets_are_the_backbone_registry():
     assert set(typing.get_args(config.ModelPreset)) == set(backbone.PRESETS)
 
 
-# --- distill.methods resolved at load ----------------------------------------------------------
+# --- distill.methods resolved at load, per setting -------------------------------------------------
 
 
-def test_methods_are_resolved_with_defaults_and_overrides():
-    cfg = repo_cfg()
-    base = cfg.method("danceopd")
-    assert (base.query, base.queries, base.states, base.routing_mode) == ("low", 1, "on_policy", "hard")
+def test_methods_are_resolved_with_defaults_overrides_and_the_setting_init():
+    cfg = repo_cfg(**ALL_ROWS)
+    base = cfg.method("local_global", "danceopd")
+    assert (base.query, base.queries, base.states, base.routing_mode, base.routing_per) == (
+        "low", 1, "on_policy", "hard", "step")
     assert base.rollout_steps == cfg.distill.rollout_steps and base.lr == cfg.distill.lr
-    dense = cfg.method("dense")
-    overrides = _raw()["distill"]["methods"]["dense"]  # params.yaml: dense: {queries: K, query: uniform, ...}
-    assert (dense.queries, dense.query, dense.weighting) == (overrides["queries"], "uniform", "diffusionopd")
-    assert dense.queries > 1 and dense.steps == cfg.distill.steps
-    assert cfg.method("soft").routing_mode == "soft"
-    assert cfg.method("offpolicy").states == "off_policy"
+    assert base.init == "local_edit" and cfg.method("t2i_edit", "danceopd").init == "edit"  # the setting's init
+    dopd = cfg.method("t2i_edit", "diffusionopd")  # params.yaml: all R states, 0.5/R^2, every route each step
+    assert (dopd.queries, dopd.query, dopd.weighting, dopd.routing_per) == (16, "uniform", "diffusionopd", "all")
+    assert cfg.method("diagnostic", "soft").routing_mode == "soft"
+    assert cfg.method("diagnostic", "per_sample").routing_per == "sample"
+    assert cfg.method("local_global", "offpolicy").states == "off_policy"
     mid = repo_cfg(distill={"query": "mid"})  # `-S distill.query=mid` reaches every non-overriding method
-    assert mid.method("danceopd").query == "mid"
-    assert mid.method("dense").query == "uniform"
-    assert repo_cfg(routing={"mode": "soft"}).method("danceopd").routing_mode == "soft"
+    assert mid.method("t2i_edit", "danceopd").query == "mid"
+    assert mid.method("t2i_edit", "diffusionopd").query == "uniform"
+    assert repo_cfg(routing={"mode": "soft"}).method("t2i_edit", "danceopd").routing_mode == "soft"
 
 
 @pytest.mark.parametrize("overrides,where", [
@@ -184,17 +188,19 @@ def test_methods_are_resolved_with_defaults_and_overrides():
     ({"weighting": "sum"}, r"distill.methods.bad.weighting: Input should be"),
     ({"states": "offline"}, r"distill.methods.bad.states: Input should be"),
     ({"routing_mode": "mixed"}, r"distill.methods.bad.routing_mode: Input should be"),
+    ({"routing_per": "batch"}, r"distill.methods.bad.routing_per: Input should be"),
     ({"lr": "fast"}, r"distill.methods.bad.lr: Input should be a valid number"),
     ({"init": "joint"}, r"distill.methods.bad.init: 'joint' is not a source model"),
 ])
 def test_a_bad_method_override_is_named(overrides, where):
     with pytest.raises(config.ConfigError, match=where):
-        repo_cfg(distill={"methods": {"bad": overrides}})
+        repo_cfg(distill={"methods": {"bad": overrides}}, settings={"diagnostic": {"methods": ["danceopd", "bad"]}},
+                 run=ALL_ROWS["run"])
 
 
-def test_an_unknown_method_is_named():
-    with pytest.raises(config.ConfigError, match=r"distill.methods.nope: unknown method"):
-        repo_cfg().method("nope")
+def test_a_method_the_setting_does_not_run_is_named():
+    with pytest.raises(config.ConfigError, match=r"settings.realism.methods: no method 'soft'"):
+        repo_cfg().method("realism", "soft")
 
 
 # --- tracing what a process reads ----------------------------------------------------------------
@@ -203,11 +209,11 @@ def test_an_unknown_method_is_named():
 def test_reads_are_traced_by_their_params_yaml_key(monkeypatch):
     cfg = repo_cfg()
     monkeypatch.setattr(config, "_read", set())
-    cfg.train.lr, cfg.fields.absorb_guidance, cfg.experts["edit"].steps, cfg.routing.weights
-    dense = cfg.method("dense")
-    dense.queries, dense.rollout_steps, dense.routing_mode
-    assert config._read == {"train.lr", "fields.cfg", "experts.edit.steps", "routing.weights",
-                            "distill.methods.dense.queries", "distill.rollout_steps", "routing.mode"}
+    cfg.train.base.lr, cfg.fields.absorb_guidance, cfg.experts["edit"].steps, cfg.routing.weights
+    dopd = cfg.method("t2i_edit", "diffusionopd")
+    dopd.queries, dopd.rollout_steps, dopd.routing_mode
+    assert config._read == {"train.base.lr", "fields.cfg", "experts.edit.steps", "routing.weights",
+                            "distill.methods.diffusionopd.queries", "distill.rollout_steps", "routing.mode"}
     list(cfg.experts)  # the set of expert names is the whole section
     assert "experts" in config._read
 
@@ -222,3 +228,21 @@ def test_no_code_spells_the_guidance_knobs_cfg():
     assert not offenders, offenders
     with pytest.raises(AttributeError):
         repo_cfg().fields.cfg  # noqa: B018
+
+
+def test_run_rows_name_the_experts_they_need():
+    """A setting that runs (students, baselines or teachers) needs its experts in run.experts."""
+    from pipeline import config
+
+    with pytest.raises(config.ConfigError, match=r"run.experts: \['local_edit', 'global_edit'\].*settings.local_global"):
+        tiny_cfg(run={"experts": ["edit", "realism"], "baselines": ["t2i_edit"], "teachers": []})
+    with pytest.raises(config.ConfigError, match=r"run.baselines: \['t2i'\] are not settings"):
+        tiny_cfg(run={"baselines": ["t2i"]})
+    with pytest.raises(config.ConfigError, match=r"run.experts: \['edits'\] are not experts"):
+        tiny_cfg(run={"experts": ["edits", "local_edit", "global_edit", "edit", "realism"]})
+
+
+def test_a_setting_with_no_methods_trains_no_student():
+    cfg = tiny_cfg(run={"experts": ["edit", "realism"], "baselines": ["t2i_edit"], "teachers": ["t2i_edit"]},
+                   settings={"local_global": {"methods": []}, "diagnostic": {"methods": []}})
+    assert cfg.settings["local_global"].methods == []

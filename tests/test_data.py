@@ -231,6 +231,7 @@ def test_tensorset_batches_t2i_source_as_zeros_like_the_backbone(tmp_path, store
     assert torch.equal(cond.source[2:], shards.to_tensor(np.stack([r.source for r in tensors.records[2:]])))
     assert cond.route is None and tensors.task.tolist() == [0, 0, 1, 1] and x.min() >= -1
     assert torch.equal(cond.text, torch.from_numpy(store.lookup([r.prompt for r in tensors.records])[0]).float())
+    assert len(tensors.text_table) == len({r.prompt for r in tensors.records})  # one row per distinct prompt
 
 
 def test_the_route_column_is_set_by_bucket_apart_from_the_task(tmp_path, store):
@@ -258,13 +259,35 @@ def test_random_batches_draw_lazily_from_the_generator(tmp_path, store):
     assert torch.equal(first, tensors.batch(rows)[0])
 
 
-def test_bucket_weights_draw_buckets_in_proportion(tmp_path, store):
+def _routed(tmp_path, store):
     for bucket, n in (("t2i", 2), ("local_edit", 3), ("global_edit", 4)):
         _write(tmp_path, bucket, "train", n)
-    tensors = batches.load_tensors(tmp_path, ["t2i", "local_edit", "global_edit"], "train", store)
-    w = batches.bucket_weights(tensors, {"t2i": 2.0, "local_edit": 1.0, "global_edit": 1.0})
-    rows = batches.draw_rows(9, 40_000, torch.Generator().manual_seed(0), w)
-    share = torch.bincount(tensors.task[rows], minlength=3).float() / 40_000
-    assert torch.allclose(share, torch.tensor([0.5, 0.25, 0.25]), atol=0.01)
-    with pytest.raises(ValueError, match=r"routing\.weights: no weight for the bucket\(s\) \['global_edit'\]"):
-        batches.bucket_weights(tensors, {"t2i": 1.0, "local_edit": 1.0})
+    return batches.load_tensors(tmp_path, ["t2i", "local_edit", "global_edit"], "train", store,
+                                route_of_bucket={"t2i": 0, "local_edit": 1, "global_edit": 1})  # t2i and edit
+
+
+def test_routes_mixed_per_sample_follow_the_weights(tmp_path, store):
+    tensors = _routed(tmp_path, store)
+    stream = batches.routed_batches(tensors, 4000, torch.Generator().manual_seed(0), [3.0, 1.0], "sample")
+    _, cond = next(stream)
+    assert abs((cond.route == 0).float().mean().item() - 0.75) < 0.02  # routes mix within one batch
+
+
+def test_per_step_routing_takes_one_route_for_every_micro_batch_of_a_step(tmp_path, store):
+    tensors = _routed(tmp_path, store)
+    stream = batches.routed_batches(tensors, 5, torch.Generator().manual_seed(0), [1.0, 3.0], "step", accum=3)
+    steps = [[next(stream)[1].route for _ in range(3)] for _ in range(400)]
+    for micro in steps:
+        assert len({int(r) for m in micro for r in m}) == 1  # one route per optimizer step
+    share = sum(int(micro[0][0]) == 1 for micro in steps) / len(steps)
+    assert abs(share - 0.75) < 0.07  # routes drawn per step with probability ∝ weight
+
+
+def test_all_routing_puts_every_route_in_every_step(tmp_path, store):
+    tensors = _routed(tmp_path, store)
+    stream = batches.routed_batches(tensors, 3, torch.Generator().manual_seed(0), [1.0, 1.0], "all", accum=2)
+    routes = [{int(r) for r in next(stream)[1].route} for _ in range(8)]
+    assert routes == [{0}, {0}, {1}, {1}] * 2  # each step: accum micro-batches of each route in turn
+    with pytest.raises(ValueError, match="no route column"):
+        next(batches.routed_batches(batches.load_tensors(tmp_path, ["t2i"], "train", store), 2,
+                                    torch.Generator(), [1.0], "step"))

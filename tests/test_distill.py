@@ -27,8 +27,9 @@ def fake_set(n=N, seed=0) -> TensorSet:
         image=torch.randint(0, 256, (n, C, S, S), generator=g, dtype=torch.uint8),
         source=torch.randint(0, 256, (n, C, S, S), generator=g, dtype=torch.uint8),
         has_source=task != world.TASKS.index("t2i"),
-        text=torch.randn(n, L, D, generator=g).half(),
-        pooled=torch.randn(n, D, generator=g).half(),
+        prompt=torch.arange(n),
+        text_table=torch.randn(n, L, D, generator=g).half(),
+        pooled_table=torch.randn(n, D, generator=g).half(),
         task=task,
         route=task.clone(),
         records=[SimpleNamespace(bucket=world.TASKS[k]) for k in task],
@@ -37,7 +38,8 @@ def fake_set(n=N, seed=0) -> TensorSet:
 
 def method(**kw) -> Method:
     base = dict(init="local_edit", rollout_steps=4, query="low", queries=1, weighting="mean",
-                states="on_policy", routing_mode="hard", steps=3, batch_size=4, grad_accum=1, lr=1e-3)
+                states="on_policy", routing_mode="hard", routing_per="sample", steps=3, batch_size=4, grad_accum=1,
+                lr=1e-3)
     return Method(**(base | kw))
 
 
@@ -218,6 +220,34 @@ def test_hard_routing_supervises_each_sample_with_exactly_its_field(source):
         assert sorted(ids_k) == sorted(i for i, r in zip(ids, routes.tolist()) if r == k)
 
 
+def test_soft_routing_follows_the_route_weights():
+    class Const(nn.Module):
+        def __init__(self, tag):
+            super().__init__()
+            self.tag = float(tag)
+
+        def forward(self, x, t, cond):
+            return torch.full_like(x, self.tag)
+
+    data = fake_set()
+    models = {k: Const(i + 1) for i, k in enumerate("abc")}
+    teacher = build_teacher(models, list("abc"), "soft", weights=[1.0, 0.0, 3.0])  # routing.weights of the routes
+    target, _ = probe_target(teacher, data, method(batch_size=8))
+    assert torch.allclose(target, torch.full_like(target, (1 * 1 + 3 * 3) / 4))
+
+
+def test_diffusionopd_queries_every_rollout_state_with_half_over_r_squared():
+    student, R = Spy(0), 4
+    m = method(queries=R, query="uniform", weighting="diffusionopd", rollout_steps=R, batch_size=3)
+    loss = one_step(student, lambda x, t, cond: torch.zeros_like(x), fake_set(), m)
+    x_t, t, cond, _ = student.calls[-1]
+    grid = flow.time_grid(R, SHIFT)
+    assert torch.equal(t, grid[:R].repeat(3))  # every pre-step state of every sample, the clean end never
+    with torch.no_grad():
+        v = Toy(0)(x_t, t, cond).view(3, R, -1)
+    assert torch.allclose(loss, 0.5 / R**2 * sum(v[:, j].pow(2).mean() for j in range(R)), rtol=1e-5)
+
+
 def test_soft_routing_supervises_with_the_average_field():
     data, fields = fake_set(), [Tagged(k + 1) for k in range(3)]
     teacher = RoutedField(fields, "soft")
@@ -237,6 +267,9 @@ def test_the_router_relabels_task_routes_and_leaves_realism_on_its_own():
     route_of = distill.router_routes(FixedRouter(), routes)
     cond = Cond(torch.zeros(4, L, D), torch.zeros(4, D), None, route=torch.tensor([0, 1, 3, 3]))
     assert route_of(cond).tolist() == [2, 2, 3, 3]
+    local_global = [Route("local_edit", "local_edit", ("local_edit",))]  # a predicted task without a route here
+    FixedRouter.route = lambda self, cond: torch.zeros(len(cond), dtype=torch.long)  # always t2i
+    assert distill.router_routes(FixedRouter(), local_global)(cond[:1]).tolist() == [0]
 
 
 @pytest.mark.parametrize("use_cfg", [True, False])

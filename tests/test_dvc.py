@@ -3,6 +3,7 @@ from __future__ import annotations
 
 import ast
 import copy
+import itertools
 import json
 import os
 import re
@@ -17,19 +18,41 @@ import yaml
 from tests.conftest import ROOT, tiny_raw
 
 DVC = yaml.safe_load((ROOT / "dvc.yaml").read_text())
-PARAMS = yaml.safe_load((ROOT / "params.yaml").read_text())
+DEFAULT = yaml.safe_load((ROOT / "params.yaml").read_text())
+# Every optional row on (the rows `run` and empty method lists leave out), so every stage is checked.
+PARAMS = DEFAULT | {
+    "run": {"experts": list(DEFAULT["experts"]), "baselines": ["t2i_edit", "local_global"],
+            "teachers": ["t2i_edit", "local_global", "diagnostic"]},
+    "settings": {name: s | {"methods": s["methods"] or list(DEFAULT["distill"]["methods"])}
+                 for name, s in DEFAULT["settings"].items()}}
+
+
+def _values(spec, params):
+    """A foreach or matrix list: literal, or a ${params.key} reference."""
+    if isinstance(spec, str):
+        return _lookup(re.fullmatch(r"\$\{(.+)\}", spec).group(1), params)
+    return spec
 
 
 def _stages(dvc=DVC, params=PARAMS):
-    """(name, stage) for every stage, foreach stages expanded over their items as DVC does."""
+    """(name, stage) for every stage, foreach and matrix stages expanded over their items as DVC does."""
     for name, stage in dvc["stages"].items():
+        if "matrix" in stage:
+            body = yaml.safe_dump({k: v for k, v in stage.items() if k != "matrix"})
+            keys = list(stage["matrix"])
+            for combo in itertools.product(*(_values(v, params) for v in stage["matrix"].values())):
+                text = body
+                for key, value in zip(keys, combo):
+                    text = text.replace(f"${{item.{key}}}", str(value))
+                yield f"{name}@{'-'.join(map(str, combo))}", yaml.safe_load(text)
+            continue
         if "foreach" not in stage:
             yield name, stage
             continue
         items = stage["foreach"]
         if isinstance(items, str):
             items = _lookup(re.fullmatch(r"\$\{(.+)\}", items).group(1), params)
-        pairs = items.items() if isinstance(items, dict) else enumerate(items)
+        pairs = items.items() if isinstance(items, dict) else ((item, item) for item in items)  # DVC: name@item
         for key, item in pairs:
             text = yaml.safe_dump(stage["do"]).replace("${key}", str(key)).replace("${item}", str(item))
             yield f"{name}@{key}", yaml.safe_load(text)
@@ -211,36 +234,49 @@ def test_tiny_dvc_repro(tmp_path):
     assert len(shards.read_records(repo / "data" / "shards", "local_edit", "train")) == 12
     assert (repo / "data" / "embeddings" / "embeddings.npz").exists()
     models, metrics = repo / "data" / "models", repo / "data" / "metrics"
-    folders = [models / "base", *(models / "experts").glob("*/"), *(models / "baselines").glob("*/"),
-               *(models / "students").glob("*/")]
-    assert sorted(f.name for f in folders) == ["base", "danceopd", "dense", "global_edit", "joint", "local_edit",
-                                               "merge"]
-    for folder in folders:  # self-describing: weights, config, scheduler, sampling card, model card, log
+    folders = sorted(p.parent.relative_to(models).as_posix() for p in models.rglob("config.json")
+                     if p.parent.parent.name != "evaluator" and "clip" not in p.parts)
+    students = ["t2i_edit/danceopd-s0", "t2i_edit/diffusionopd-s0", "local_global/offpolicy-s0", "diagnostic/soft-s0",
+                "realism/danceopd-s0"]
+    assert folders == sorted(["base", *(f"experts/{e}" for e in ("edit", "global_edit", "local_edit", "realism")),
+                              *(f"baselines/{s}/{b}" for s in ("t2i_edit", "local_global") for b in ("joint", "merge")),
+                              *(f"students/{s}" for s in students)])
+    for name in folders:  # self-describing: weights, config, scheduler, sampling card, model card, log
+        folder = models / name
         assert backbone.load(folder).transformer.config.num_layers == backbone.PRESETS["tiny"]["num_layers"]
         assert sorted(p.name for p in folder.iterdir()) == sorted(
             ["config.json", "diffusion_pytorch_model.safetensors", checkpoint.LOG, checkpoint.SAMPLING, "README.md",
              "scheduler"])
         assert checkpoint.read_sampling(folder)["text_encoder"]["encoder"] == "minilm"
-        if folder.name != "merge":  # trained: its cost is a metric, not part of the model
-            assert json.loads((metrics / "train" / f"{folder.name}.json").read_text())["samples_per_s"] > 0
+    for name in ["base", "edit", "t2i_edit/joint", *students]:  # trained: its cost is a metric, not in the model
+        assert json.loads((metrics / "train" / f"{name}.json").read_text())["samples_per_s"] > 0
     assert json.loads((metrics / "router.json").read_text())["labelled"] == 18
-    names = [f.name for f in folders] + ["teacher", "teacher_cfg"]
-    for name in names:
+    evaluated = ["sources/base", *(f"sources/{e}" for e in ("edit", "global_edit", "local_edit", "realism")),
+                 *(f"{s}/{b}" for s in ("t2i_edit", "local_global") for b in ("joint", "merge")),
+                 *(f"{s}/{t}" for s in ("t2i_edit", "local_global", "diagnostic") for t in ("teacher", "teacher_cfg")),
+                 *students]
+    for name in evaluated:  # every score with its interval, the per-sample outcomes behind it, a grid
         result = json.loads((metrics / "eval" / f"{name}.json").read_text())
         assert set(result["gedit_by_category"]) == set(world.EDIT_CATEGORIES), name
         assert set(result["geneval_by_category"]) == set(world.T2I_CATEGORIES), name
         assert 0 <= result["geneval"] <= 1 and 0 <= result["gedit"] <= 1 and result["fid"] >= 0
+        assert result["gedit_ci"][0] <= result["gedit"] <= result["gedit_ci"][1] and "kid_ci" in result
+        assert result["fid_floor"] > 0 and result["reference_size"] == 200
+        outcomes = json.loads((repo / "data" / "outcomes" / f"{name}.json").read_text())
+        assert len(outcomes["geneval"]["ok"]) == 6 and len(outcomes["gedit"]["ok"]) == 12
         assert (repo / "data" / "samples" / f"{name}.png").stat().st_size > 0
-    assert json.loads((metrics / "eval" / "teacher_cfg.json").read_text())["nfe"] == 2 * 2
+    assert json.loads((metrics / "eval" / "diagnostic" / "teacher_cfg.json").read_text())["nfe"] == 2 * 2
     table = (repo / "report" / "results.md").read_text()
-    assert all(f"`{name}`" in table for name in names) and (repo / "report" / "scores.png").exists()
+    assert "Table 2A" in table and "Table 2B" in table and "Realism absorption" in table and "claims" in table
+    assert (repo / "report" / "scores.png").exists()
     assert not list(models.rglob("*.partial")) and not list(repo.glob("data/**/*.tmp"))
     # The report and the labelled sample grids go to git, so a fresh clone shows them, offline too.
-    for path in ("report/results.md", "report/scores.png", "data/samples/base.png", "data/metrics/eval/base.json"):
+    for path in ("report/results.md", "report/scores.png", "data/samples/sources/base.png",
+                 "data/metrics/eval/sources/base.json", "data/outcomes/sources/base.json"):
         assert subprocess.run(["git", "check-ignore", "-q", path], cwd=repo).returncode == 1, path
     _run(["dvc", "plots", "show", "-o", str(tmp_path / "plots")], repo)
     page = (tmp_path / "plots" / "index.html").read_text()
-    assert page.count("<img") >= len(names) and "data/samples/danceopd.png" in page
+    assert page.count("<img") >= len(evaluated) and "data/samples/t2i_edit/danceopd-s0.png" in page
     # One MLflow run per stage, named after it, none left RUNNING.
     client = MlflowClient(f"sqlite:///{repo}/mlflow.db")
     runs = client.search_runs([client.get_experiment_by_name("danceopd").experiment_id])
@@ -251,7 +287,7 @@ def test_tiny_dvc_repro(tmp_path):
     out = _run([sys.executable, "-m", "pipeline.generate", "--task", "t2i", "--prompt", "a red circle",
                 "--steps", "2", "--out", "out.png"], repo)
     said = json.loads(next(line for line in out.splitlines() if line.startswith("{")))
-    assert said["model"] == "data/models/students/danceopd" and (repo / "out.png").exists()
+    assert said["model"] == "data/models/students/t2i_edit/danceopd-s0" and (repo / "out.png").exists()
     # Every params key a stage's code read is one its dvc.yaml entry declares (else DVC could not see
     # it), and changing any declared key changes the stage's run-cache key (else DVC would check out
     # the stale outputs of an earlier run).
@@ -267,14 +303,15 @@ def test_tiny_dvc_repro(tmp_path):
         shutil.rmtree(repo / out)
     _run(["dvc", "pull"], repo)
     assert "up to date" in _run(["dvc", "status"], repo)
-    assert backbone.load(models / "students" / "danceopd").transformer.config.num_layers == 1
+    assert backbone.load(models / "students" / "t2i_edit" / "danceopd-s0").transformer.config.num_layers == 1
     # Touching a stage script reruns the stages that run it, and nothing after them: their outputs
     # are byte-identical (no timings inside), so every downstream stage stays cached.
     _touch_comment(repo / "stages" / "train_router.py")
     assert _ran(_run(["dvc", "repro"], repo)) == ["train_router"]
     _touch_comment(repo / "stages" / "train.py")
-    assert _ran(_run(["dvc", "repro"], repo)) == ["train_base", "train_expert@global_edit", "train_expert@local_edit",
-                                                   "train_joint"]
+    assert _ran(_run(["dvc", "repro"], repo)) == [
+        "train_base", "train_expert@edit", "train_expert@global_edit", "train_expert@local_edit", "train_expert@realism",
+        "train_joint@local_global", "train_joint@t2i_edit"]
     assert "up to date" in _run(["dvc", "status"], repo)
     # The canvas resolution reaches curate for real: it reruns (no stale shards from the run-cache).
     params = yaml.safe_load((repo / "params.yaml").read_text())

@@ -45,7 +45,8 @@ def trained_evaluator() -> E.Evaluator:
 def untrained():
     torch.manual_seed(0)
     tok = T.tokenizer()
-    return E.Evaluator(E.SceneParser(E.ParserConfig(size=32)), E.build_clip(32, tok), tok)
+    reference = np.random.default_rng(0).normal(size=(50, 256)).astype(np.float32)
+    return E.Evaluator(E.SceneParser(E.ParserConfig(size=32)), E.build_clip(32, tok), tok, reference)
 
 
 # ----------------------------------------------------------------------------- data
@@ -126,6 +127,7 @@ def test_save_load_round_trip_is_exact_and_atomic(untrained, tmp_path):
     assert torch.allclose(ev.features(x), untrained.features(x))
     assert torch.allclose(ev.realism(x), untrained.realism(x))
     assert torch.allclose(ev.clip_score(x, texts), untrained.clip_score(x, texts), atol=1e-5)
+    assert np.array_equal(ev.reference, untrained.reference)  # KID's and FID's real reference travels with it
     with pytest.raises(FileNotFoundError, match="parser.pt"):
         E.Evaluator.load(tmp_path)
 

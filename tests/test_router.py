@@ -19,7 +19,8 @@ def prompt_set(encoder, split: str, per_bucket: int) -> TensorSet:
     n = len(samples)
     return TensorSet(
         image=torch.zeros(n, 3, 1, 1, dtype=torch.uint8), source=torch.zeros(n, 3, 1, 1, dtype=torch.uint8),
-        has_source=torch.tensor([s.task != "t2i" for s in samples]), text=torch.from_numpy(text).half(), pooled=torch.from_numpy(pooled).half(),
+        has_source=torch.tensor([s.task != "t2i" for s in samples]), prompt=torch.arange(n), text_table=torch.from_numpy(text).half(),
+        pooled_table=torch.from_numpy(pooled).half(),
         task=torch.tensor([world.TASKS.index(s.task) for s in samples]), route=None,
         records=[SimpleNamespace(bucket=s.task) for s in samples],
     )
@@ -65,11 +66,12 @@ def test_label_fraction_picks_a_seeded_subset_of_the_right_size():
 def test_training_uses_only_the_labelled_samples(prompts):
     train_set = prompts[0]
     picked = labelled_subset(len(train_set.task), 0.05, seed=0)
-    scrambled = dataclasses.replace(train_set, pooled=train_set.pooled.clone(), task=train_set.task.clone())
+    scrambled = dataclasses.replace(train_set, pooled_table=train_set.pooled_table.clone(),
+                                    task=train_set.task.clone())
     unlabelled = torch.ones(len(scrambled.task), dtype=torch.bool)
     unlabelled[picked] = False
     scrambled.task[unlabelled] = 0  # wrong labels on the unlabelled samples must change nothing
-    scrambled.pooled[unlabelled] = 0
+    scrambled.pooled_table[unlabelled] = 0  # one table row per sample in this set
     a, _ = train_router(train_set, 0.05, steps=20, lr=1e-3, seed=0)
     b, _ = train_router(scrambled, 0.05, steps=20, lr=1e-3, seed=0)
     for (name, p), q in zip(a.state_dict().items(), b.state_dict().values()):

@@ -18,21 +18,22 @@ class Toy(nn.Module):
         return self.w * x
 
 
-def test_routes_are_the_tasks_then_realism_when_it_names_a_model():
-    routes = teacher.routes(repo_cfg().fields)
-    assert [r.name for r in routes] == list(world.TASKS)
-    assert [(r.source, r.buckets) for r in routes] == [("base", ("t2i",)), ("local_edit", ("local_edit",)),
-                                                       ("global_edit", ("global_edit",))]
-    with_realism = teacher.routes(repo_cfg(fields={"realism": "realism"}).fields)
-    assert with_realism[-1] == teacher.Route("realism", "realism", ("realism",))
-    assert teacher.buckets(with_realism) == list(world.BUCKETS)
+def test_a_setting_s_routes_take_the_registry_s_buckets_in_its_order():
+    settings = repo_cfg().settings
+    t2i_edit = teacher.routes(settings["t2i_edit"])
+    assert t2i_edit == [teacher.Route("t2i", "base", ("t2i",)), teacher.Route("edit", "edit", ("local_edit", "global_edit"))]
+    assert teacher.buckets(t2i_edit) == ["t2i", "local_edit", "global_edit"]
+    assert [r.name for r in teacher.routes(settings["local_global"])] == ["local_edit", "global_edit"]
+    assert teacher.routes(settings["realism"]) == [teacher.Route("t2i", "realism", ("t2i",))]
 
 
-def test_route_index_sends_realism_prompts_to_the_t2i_route_unless_realism_has_its_own():
-    plain = teacher.route_index(teacher.routes(repo_cfg().fields))
-    assert plain == {"t2i": 0, "local_edit": 1, "global_edit": 2, "realism": 0}
-    own = teacher.route_index(teacher.routes(repo_cfg(fields={"realism": "realism"}).fields))
-    assert own["realism"] == 3
+def test_route_index_sends_every_bucket_to_its_route_and_realism_prompts_to_the_t2i_route():
+    settings = repo_cfg().settings
+    assert teacher.route_index(teacher.routes(settings["t2i_edit"])) == {
+        "t2i": 0, "local_edit": 1, "global_edit": 1, "realism": 0}
+    assert teacher.route_index(teacher.routes(settings["local_global"])) == {"local_edit": 0, "global_edit": 1}
+    assert teacher.route_index(teacher.routes(settings["local_global"]), fallback=0) == {
+        "local_edit": 0, "global_edit": 1, "t2i": 0, "realism": 0}  # evaluating its teacher on T2I prompts
 
 
 def test_build_teacher_freezes_each_model_once_in_route_order():
@@ -66,5 +67,5 @@ def test_load_teacher_loads_each_source_once(tmp_path, monkeypatch):
               teacher.Route("global_edit", "edit", ("global_edit",))]
     field = teacher.load_teacher(routes, {"base": tmp_path / "base", "edit": tmp_path / "edit"}, torch.device("cpu"))
     assert sorted(p.name for p in loads) == ["base", "edit"] and field.fields[1] is field.fields[2]
-    with pytest.raises(ValueError, match=r"fields.t2i: no checkpoint for source 'base'"):
+    with pytest.raises(ValueError, match=r"route t2i: no checkpoint for source 'base'"):
         teacher.load_teacher(routes, {"edit": tmp_path / "edit"}, torch.device("cpu"))

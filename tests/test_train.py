@@ -1,11 +1,12 @@
 """pipeline.train.loop (fit over a batch stream) and pipeline.train.sft (the flow-matching step, plans)."""
 import dataclasses
 import json
+import math
 
 import pytest
 import torch
 
-from pipeline.core import backbone, checkpoint
+from pipeline.core import backbone, checkpoint, flow
 from pipeline.core.batches import random_batches
 from pipeline.core.fields import Cond
 from pipeline.eval import sample
@@ -20,7 +21,7 @@ LOOP = loop.Loop(steps=6, lr=1e-3, weight_decay=0.0, grad_clip=1.0, ema=0.0, gra
 def _setup(curated, batch_size=8):
     tensors = curated.tensors(["t2i", "local_edit"], "train")
     torch.manual_seed(0)
-    model = backbone.build("tiny", 4, 32, tensors.text.shape[-1])
+    model = backbone.build("tiny", 4, 32, tensors.text_dim)
     step = sft.flow_matching_step("logit_normal", 0.1, 0.05, curated.null(), torch.device("cpu"))
     return model, step, tensors
 
@@ -132,7 +133,7 @@ def test_ema_tracks_a_moving_average(curated, tmp_path):
     final = _fit(model, step, tensors, tmp_path, steps=2, ema=0.5).model
     assert final is not model
     k = "transformer.proj_out.weight"
-    # two updates of decay 0.5: ema = 0.25 start + 0.25 w1 + 0.5 w2, strictly between start and w2
+    # two updates, of decay min(0.5, 1/10) and min(0.5, 2/11): strictly between start and w2
     assert not torch.equal(final.state_dict()[k], start[k]) and not torch.equal(final.state_dict()[k], model.state_dict()[k])
 
 
@@ -163,22 +164,26 @@ def test_generate_is_seeded_and_guidance_needs_null(curated):
 
 def test_plans():
     cfg = repo_cfg()
-    train, experts, fields = cfg.train, cfg.experts, cfg.fields
-    assert sft.plan("base", train, experts, fields) == sft.Plan("base", ["t2i"], train.base_steps, train.t_sampling)
-    edit = sft.plan("edit", train, experts, fields)
-    assert (edit.buckets, edit.steps, edit.t_sampling) == (["local_edit", "global_edit"], experts["edit"].steps,
-                                                           train.finetune_t_sampling)
-    assert sft.plan("joint", train, experts, fields).buckets == ["t2i", "local_edit", "global_edit"]
-    with_realism = repo_cfg(fields={"realism": "realism"})
-    assert sft.plan("joint", with_realism.train, with_realism.experts, with_realism.fields).buckets[-1] == "realism"
+    train, experts, settings = cfg.train, cfg.experts, cfg.settings
+    assert sft.plan("base", train, experts) == sft.Plan("base", ["t2i"], train.base.steps, train.base)
+    edit = sft.plan("edit", train, experts)
+    assert (edit.buckets, edit.steps, edit.recipe) == (["local_edit", "global_edit"], experts["edit"].steps,
+                                                       train.finetune)
+    joint = sft.plan("joint", train, experts, settings["t2i_edit"])  # replaces the edit expert (base is the anchor)
+    assert (joint.buckets, joint.steps) == (["t2i", "local_edit", "global_edit"], experts["edit"].steps)
+    joint = sft.plan("joint", train, experts, settings["local_global"])  # the compute of both experts it replaces
+    assert (joint.buckets, joint.steps) == (["local_edit", "global_edit"],
+                                            experts["local_edit"].steps + experts["global_edit"].steps)
+    with pytest.raises(ValueError, match="needs the setting"):
+        sft.plan("joint", train, experts)
     with pytest.raises(ValueError, match="unknown model 'bogus'"):
-        sft.plan("bogus", train, experts, fields)
+        sft.plan("bogus", train, experts)
 
 
 def test_train_model_writes_a_folder_that_is_a_function_of_params_data_and_seed(curated, tmp_path):
     """Two identical trainings write byte-identical model folders: no timing is inside."""
-    cfg = tiny_cfg(train={"base_steps": 3, "checkpoint_every": 2, "log_every": 1})
-    plan = sft.plan("base", cfg.train, cfg.experts, cfg.fields)
+    cfg = tiny_cfg(train={"base": {"steps": 3}, "checkpoint_every": 2, "log_every": 1})
+    plan = sft.plan("base", cfg.train, cfg.experts)
     digests = []
     for run in ("a", "b"):
         out = tmp_path / run / "base"
@@ -196,3 +201,40 @@ def test_train_model_writes_a_folder_that_is_a_function_of_params_data_and_seed(
     log = json.loads(digests[0][checkpoint.LOG])
     assert log["recipe"]["plan"]["steps"] == 3 and len(log["history"]) == 3
     assert "samples_per_s" not in json.dumps(log) and "seconds" not in json.dumps(log)
+
+
+def test_ema_with_warm_up_follows_the_trained_weights_not_the_initial_ones(curated, tmp_path):
+    """A 0.999 average without warm-up would still be ~97% the random initial weights after 30 steps."""
+    model, step, tensors = _setup(curated)
+    flat = lambda m: torch.cat([p.detach().flatten() for p in m.parameters()])  # noqa: E731
+    initial = flat(model)
+    ema = flat(_fit(model, step, tensors, tmp_path, steps=30, lr=3e-3, ema=0.999).model)
+    trained = flat(model)
+    assert (ema - trained).norm() < 0.25 * (ema - initial).norm()
+    assert loop.EMA(model, 0.999).current_decay() == 0.1  # the first update: (1 + 0) / (10 + 0)
+
+
+def test_the_learning_rate_warms_up_then_follows_a_cosine_to_its_floor():
+    lp = dataclasses.replace(LOOP, steps=110, warmup_steps=10, lr_decay="cosine", min_lr_ratio=0.1)
+    factors = [loop.lr_factor(s, lp) for s in range(110)]
+    assert factors[:10] == [pytest.approx((i + 1) / 10) for i in range(10)]
+    assert factors[10] == pytest.approx(1.0) and factors[60] == pytest.approx(0.55)  # halfway down the cosine
+    assert factors[-1] == pytest.approx(0.1 + 0.9 * 0.5 * (1 + math.cos(math.pi * 99 / 100)))
+    assert all(a >= b for a, b in zip(factors[10:], factors[11:]))
+    assert loop.lr_factor(50, dataclasses.replace(lp, lr_decay="constant")) == 1.0
+
+
+def test_shifted_t_sampling_moves_t_like_the_sampling_grid(curated):
+    seen = {}
+
+    def spy(x, t, cond):
+        seen["t"] = t
+        return torch.zeros_like(x, requires_grad=True)
+
+    batch = next(random_batches(curated.tensors(["t2i"], "train"), 4000, torch.Generator().manual_seed(0)))
+    for mode in ("uniform", "uniform_shifted"):
+        sft.flow_matching_step(mode, 0.0, 0.0, curated.null(), torch.device("cpu"), shift=3.0)(
+            spy, batch, torch.Generator().manual_seed(1))
+        seen[mode] = seen["t"]
+    assert torch.allclose(seen["uniform_shifted"], flow.shift_time(seen["uniform"], 3.0))
+    assert seen["uniform_shifted"].mean() > 0.6 > seen["uniform"].mean()  # more of the training near noise

@@ -9,6 +9,8 @@ A checkpoint is a diffusers folder (``save_pretrained``: config.json + safetenso
 describes itself and loading never reads today's params.yaml. ``model.pretrained`` names such a
 folder (an SD3-family transformer on local disk); a T2I transformer whose input has only C
 channels gets its source channels added, zero-initialised, so it starts as the T2I model it was.
+A new model's source channels start at zero too: the base never sees a source, so random source
+weights would stay random and make an expert fine-tuned from it start by undoing them.
 """
 from __future__ import annotations
 
@@ -24,6 +26,9 @@ from pipeline.core.fields import Cond
 PRESETS = {
     "tiny": dict(num_layers=1, num_attention_heads=2, attention_head_dim=16),  # tests, ~0.1M
     "S": dict(num_layers=4, num_attention_heads=4, attention_head_dim=32),  # CPU default, ~2.4M
+    # S's FLOPs per token (layers x width^2) at other shapes, for the recipe study:
+    "S-deep": dict(num_layers=8, num_attention_heads=3, attention_head_dim=32),  # 8 x 96
+    "S-wide": dict(num_layers=2, num_attention_heads=6, attention_head_dim=32),  # 2 x 192
     "M": dict(num_layers=6, num_attention_heads=6, attention_head_dim=64),  # ~30M
     "B": dict(num_layers=12, num_attention_heads=12, attention_head_dim=64),  # the ~250M "base", GPU
 }
@@ -66,6 +71,8 @@ def build(preset: str, patch_size: int, image_size: int, text_dim: int, channels
         joint_attention_dim=text_dim, pooled_projection_dim=text_dim, caption_projection_dim=width,
         pos_embed_max_size=image_size // patch_size, **spec,
     )
+    with torch.no_grad():  # a T2I model ignores the source, as a pretrained one (which has none) does
+        transformer.pos_embed.proj.weight[:, channels:] = 0
     return Backbone(transformer)
 
 

@@ -1,21 +1,22 @@
 """Batches: curated records as stacked tensors, and the seeded batch streams training draws from.
 
-A `TensorSet` holds one or more buckets in memory (uint8 images, the float16 text embeddings of
-their prompts from the `pipeline.data.embeddings` store) and
+A `TensorSet` holds one or more buckets in memory (uint8 images; the float16 text embeddings of
+their distinct prompts from the `pipeline.data.embeddings` store, once each: many rows share a
+prompt, and a row's embeddings would otherwise cost 6x its image) and
 turns row indices into a batch ``(x, cond)``: x (B, 3, H, W) float in [-1, 1] (the pixel
 convention of `pipeline.data.shards`) and a `Cond`. Each row carries its ``task`` (an index into
 `world.TASKS`) and, when the set was loaded for a routed teacher, its ``route`` (an index into
 that teacher's routes, `pipeline.core.teacher`), a separate column: the realism bucket's rows are
 T2I tasks on their own route.
 
-`random_batches` is the stream every training stage iterates: rows drawn with replacement from a
-`torch.Generator`, uniformly or by per-row weights (`bucket_weights`). It draws lazily, one batch
+`random_batches` is the stream SFT iterates: rows drawn with replacement from a `torch.Generator`,
+uniformly or by per-row weights; `routed_batches` the stream distillation iterates, with its
+routes drawn per sample, per optimizer step, or all in every step. Both draw lazily, one batch
 per `next`, so a training loop that checkpoints the generator checkpoints the stream too.
 """
 from __future__ import annotations
 
-from collections import Counter
-from collections.abc import Iterator, Mapping
+from collections.abc import Iterator, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -37,14 +38,24 @@ class TensorSet:
     image: Tensor  # (N, 3, H, W) uint8 targets
     source: Tensor  # (N, 3, H, W) uint8 sources (anything for T2I rows: masked out)
     has_source: Tensor  # (N,) bool
-    text: Tensor  # (N, L, D) float16
-    pooled: Tensor  # (N, D) float16
+    prompt: Tensor  # (N,) long: each row's row of the two tables below (rows share a prompt's embedding)
+    text_table: Tensor  # (P, L, D) float16, one per distinct prompt
+    pooled_table: Tensor  # (P, D) float16
     task: Tensor  # (N,) long index into world.TASKS
     route: Tensor | None  # (N,) long index into a teacher's routes; None when not loaded for one
     records: list[shards.Record]
 
     def __len__(self) -> int:
         return len(self.records)
+
+    @property
+    def pooled(self) -> Tensor:
+        """(N, D) float16: each row's pooled prompt embedding."""
+        return self.pooled_table[self.prompt]
+
+    @property
+    def text_dim(self) -> int:
+        return self.text_table.shape[-1]
 
     def batch(self, idx: Tensor) -> Batch:
         """Images (B, 3, H, W) in [-1, 1] and their condition, for the indices `idx`."""
@@ -53,7 +64,9 @@ class TensorSet:
         # A T2I row's source is exactly 0.0, what the backbone feeds for `source=None`.
         source = torch.where(keep, self.source[idx].float() / 127.5 - 1.0, 0.0)  # (B, 3, H, W)
         route = None if self.route is None else self.route[idx]
-        return x, Cond(text=self.text[idx].float(), pooled=self.pooled[idx].float(), source=source, route=route)
+        rows = self.prompt[idx]
+        return x, Cond(text=self.text_table[rows].float(), pooled=self.pooled_table[rows].float(), source=source,
+                       route=route)
 
 
 def load_tensors(root: str | Path, buckets: list[str], split: str, embeddings: Embeddings, limit: int | None = None,
@@ -63,7 +76,9 @@ def load_tensors(root: str | Path, buckets: list[str], split: str, embeddings: E
     `route_of_bucket` (bucket -> route index, `teacher.route_index`) fills the route column.
     """
     records = [r for b in buckets for r in shards.read_records(root, b, split)[:limit]]
-    text, pooled = embeddings.lookup([r.prompt for r in records])
+    prompts = sorted({r.prompt for r in records})
+    text, pooled = embeddings.lookup(prompts)
+    row_of = {p: i for i, p in enumerate(prompts)}
     route = None
     if route_of_bucket is not None:
         if unrouted := sorted({r.bucket for r in records} - set(route_of_bucket)):
@@ -75,21 +90,13 @@ def load_tensors(root: str | Path, buckets: list[str], split: str, embeddings: E
         image=torch.from_numpy(image).permute(0, 3, 1, 2).contiguous(),
         source=torch.from_numpy(source).permute(0, 3, 1, 2).contiguous(),
         has_source=torch.tensor([r.source is not None for r in records]),
-        text=torch.from_numpy(text),
-        pooled=torch.from_numpy(pooled),
+        prompt=torch.tensor([row_of[r.prompt] for r in records]),
+        text_table=torch.from_numpy(text),
+        pooled_table=torch.from_numpy(pooled),
         task=torch.tensor([world.TASKS.index(r.task) for r in records]),
         route=route,
         records=records,
     )
-
-
-def bucket_weights(data: TensorSet, weights: Mapping[str, float]) -> Tensor:
-    """(N,) sampling weights: bucket m drawn with probability ∝ weights[m], rows uniform within it."""
-    buckets = [r.bucket for r in data.records]
-    counts = Counter(buckets)
-    if missing := sorted(set(counts) - set(weights)):
-        raise ValueError(f"routing.weights: no weight for the bucket(s) {missing} in the data")
-    return torch.tensor([weights[b] / counts[b] for b in buckets], dtype=torch.float64)
 
 
 def draw_rows(n: int, batch: int, generator: torch.Generator, weights: Tensor | None = None) -> Tensor:
@@ -125,3 +132,38 @@ class Curated:
     def null(self) -> tuple[Tensor, Tensor]:
         """The null text (L, D) and pooled (D,) embeddings (float32): the null condition of CFG."""
         return self.embeddings.null()
+
+
+def routed_batches(data: TensorSet, batch_size: int, generator: torch.Generator, weights: Sequence[float],
+                   per: str, accum: int = 1) -> Iterator[Batch]:
+    """An endless stream of batches of a routed `data` (its `route` column set), routes drawn by `weights`.
+
+    - ``sample``: every row drawn independently, its route with probability ∝ weights (routes mix in
+      a batch); rows uniform within a route.
+    - ``step``: one route per optimizer step (DanceOPD's reference: G = 1): the route is drawn once,
+      and all `accum` micro-batches of that step come from its rows.
+    - ``all``: every optimizer step holds one micro-batch of each route in turn (DiffusionOPD's and
+      Flow-OPD's G = M: both buckets in every update); `accum` is then micro-batches per route.
+    """
+    if data.route is None:
+        raise ValueError("routed_batches: the data has no route column (load it with route_of_bucket)")
+    w = torch.as_tensor(weights, dtype=torch.float64)
+    rows = [torch.nonzero(data.route == k).flatten() for k in range(len(w))]  # the rows of each route
+    if empty := [k for k, r in enumerate(rows) if len(r) == 0 and w[k] > 0]:
+        raise ValueError(f"routed_batches: routes {empty} have a weight but no rows")
+    if per == "sample":
+        counts = torch.tensor([len(r) for r in rows], dtype=torch.float64).clamp(min=1)
+        row_weights = (w / counts)[data.route]  # (N,)
+        yield from random_batches(data, batch_size, generator, row_weights)
+    elif per == "step":
+        while True:
+            route = int(torch.multinomial(w, 1, generator=generator))
+            for _ in range(accum):
+                yield data.batch(rows[route][draw_rows(len(rows[route]), batch_size, generator)])
+    elif per == "all":
+        while True:
+            for route in range(len(w)):
+                for _ in range(accum):
+                    yield data.batch(rows[route][draw_rows(len(rows[route]), batch_size, generator)])
+    else:
+        raise ValueError(f"routed_batches: per must be sample, step or all, got {per!r}")

@@ -1,15 +1,16 @@
 """The routes registry and the one place a routed teacher is built.
 
 A route is one capability the student learns: a name, the source model whose frozen field
-supervises it (params ``fields.<route>``: ``base`` or an expert) and the data buckets whose samples
-take it. Route k of a teacher is ``cond.route == k``; `routes` fixes the order. A sample's route
-is the one that lists its bucket, else the one that lists its task's bucket (the realism bucket's
-T2I prompts go to the T2I route when there is no realism route); `route_index` gives that map.
+supervises it and the data buckets whose samples take it. `ROUTE_BUCKETS` is the registry of
+route names and their buckets; a setting (params ``settings.<name>.routes``) maps each of its
+routes to a source model (``base`` or an expert). Route k of a teacher is ``cond.route == k``, in
+the setting's order. A sample's route is the one that lists its bucket, else the one that lists
+its task's bucket (the realism bucket's T2I prompts go to the T2I route); `route_index` gives it.
 
 `build_teacher` turns one model per route into the teacher field: each distinct model frozen once
-(`ModelField`), routed per sample (hard) or averaged (soft) by `RoutedField`, and, with guidance,
-wrapped in `GuidedField` (CFG absorption: the target is the guided field, the student stays
-unguided). Distillation and evaluation both get their teacher from `load_teacher`.
+(`ModelField`), routed per sample (hard) or averaged with weights (soft) by `RoutedField`, and,
+with guidance, wrapped in `GuidedField` (CFG absorption: the target is the guided field, the
+student stays unguided). Distillation and evaluation both get their teacher from `load_teacher`.
 """
 from __future__ import annotations
 
@@ -32,10 +33,14 @@ class Route:
     buckets: tuple[str, ...]  # the data buckets whose samples take it
 
 
-def routes(fields) -> list[Route]:
-    """The routes of the `fields` params: one per world bucket whose field names a model (the three
-    tasks always, realism when set), named after the bucket, in `world.BUCKETS` order."""
-    return [Route(b, getattr(fields, b), (b,)) for b in world.BUCKETS if getattr(fields, b)]
+# route name -> the buckets whose samples take it (params `routing.weights` and settings use these names)
+ROUTE_BUCKETS = {"t2i": ("t2i",), "edit": ("local_edit", "global_edit"), "local_edit": ("local_edit",),
+                 "global_edit": ("global_edit",)}
+
+
+def routes(setting) -> list[Route]:
+    """The routes of a setting (params ``settings.<name>``), in its order."""
+    return [Route(name, source, ROUTE_BUCKETS[name]) for name, source in setting.routes.items()]
 
 
 def buckets(routes: Sequence[Route]) -> list[str]:
@@ -43,28 +48,34 @@ def buckets(routes: Sequence[Route]) -> list[str]:
     return [b for r in routes for b in r.buckets]
 
 
-def route_index(routes: Sequence[Route]) -> dict[str, int]:
-    """bucket -> route index, for every world bucket that some route takes (directly or by its task)."""
+def route_index(routes: Sequence[Route], fallback: int | None = None) -> dict[str, int]:
+    """bucket -> route index, for every world bucket that some route takes (directly or by its task);
+    with `fallback`, every other world bucket goes to that route (evaluating a teacher on prompts
+    its setting has no route for, e.g. T2I prompts in Local + Global)."""
     index = {b: k for k, r in enumerate(routes) for b in r.buckets}
     for bucket, task in world.BUCKET_TASK.items():
         if bucket not in index and task in index:
             index[bucket] = index[task]
+        elif bucket not in index and fallback is not None:
+            index[bucket] = fallback
     return index
 
 
 def build_teacher(models: Mapping[str, nn.Module], routes: Sequence[str], mode: str = "hard",
-                  guidance: float | None = None, null: tuple[Tensor, Tensor] | None = None) -> Field:
+                  guidance: float | None = None, null: tuple[Tensor, Tensor] | None = None,
+                  weights: Sequence[float] | None = None) -> Field:
     """The routed teacher: route k is the frozen field of ``models[routes[k]]``.
 
-    ``guidance`` (a CFG scale) makes the target the guided field and needs the ``null`` text
-    embeddings. A module shared by several routes becomes one ``ModelField``.
+    ``weights`` weigh the routes' fields in soft mode (default uniform). ``guidance`` (a CFG scale)
+    makes the target the guided field and needs the ``null`` text embeddings. A module shared by
+    several routes becomes one ``ModelField``.
     """
     if missing := [r for r in routes if r not in models]:
         raise ValueError(f"build_teacher: no model for route(s) {missing} (have {sorted(models)})")
     frozen: dict[int, ModelField] = {}
     for r in routes:
         frozen.setdefault(id(models[r]), ModelField(models[r]))
-    teacher: Field = RoutedField([frozen[id(models[r])] for r in routes], mode)
+    teacher: Field = RoutedField([frozen[id(models[r])] for r in routes], mode, weights)
     if guidance is not None:
         if null is None:
             raise ValueError("build_teacher: guidance needs the null text embedding")
@@ -73,12 +84,14 @@ def build_teacher(models: Mapping[str, nn.Module], routes: Sequence[str], mode: 
 
 
 def load_teacher(routes: Sequence[Route], sources: Mapping[str, Path], device: torch.device, mode: str = "hard",
-                 guidance: float | None = None, null: tuple[Tensor, Tensor] | None = None) -> Field:
+                 guidance: float | None = None, null: tuple[Tensor, Tensor] | None = None,
+                 weights: Sequence[float] | None = None) -> Field:
     """`build_teacher` over the source checkpoints (name -> folder), each loaded once."""
     loaded: dict[str, nn.Module] = {}
     for r in routes:
         if r.source not in sources:
-            raise ValueError(f"fields.{r.name}: no checkpoint for source {r.source!r} (have {sorted(sources)})")
+            raise ValueError(f"route {r.name}: no checkpoint for source {r.source!r} (have {sorted(sources)})")
         if r.source not in loaded:
             loaded[r.source] = backbone.load(sources[r.source]).to(device)
-    return build_teacher({r.name: loaded[r.source] for r in routes}, [r.name for r in routes], mode, guidance, null)
+    return build_teacher({r.name: loaded[r.source] for r in routes}, [r.name for r in routes], mode, guidance, null,
+                         weights)

@@ -2,19 +2,24 @@
 
 The test set is the first `eval.count` test samples of each bucket, sampled with `eval.steps`
 Euler steps from noise seeded by `eval.seed`, so every model sees the same prompts and noise.
-- t2i bucket: `geneval` (parsed scene vs the prompt's spec), `fid` (evaluator features of the
-  outputs vs the real test renders), `clip_score` (outputs vs prompts);
+- t2i bucket: `geneval` (parsed scene vs the prompt's spec), `kid` and `fid` (evaluator features
+  of the outputs vs the evaluator's cached real reference set; FID beside its real-vs-real
+  `fid_floor` at the same size), `clip_score` (outputs vs prompts);
 - local_edit + global_edit buckets: `gedit` (parsed output == target scene, per category, and
   their mean), `preservation` (PSNR of the untouched cells, local edits);
 - realism bucket: `realism`, the mean realism reward (the same kind of prompts as t2i);
 - cost: `nfe` per image (steps, x2 with CFG) and `sec_per_image`.
 
-What is evaluated (`load_field`) is a checkpoint folder, or by name the routed teacher the students
-learn from (`TEACHERS`): `teacher` samples it unguided (at `eval.guidance`), `teacher_cfg` at
-guidance `fields.cfg_scale`, the target CFG absorption distils.
+Every score has a bootstrap 95% interval (`<name>_ci`, `pipeline.eval.stats`), and the per-sample
+outcomes behind them are kept (`outcomes`), so intervals can be recomputed and seeds pooled.
+
+What is evaluated (`load_field`) is a checkpoint folder, or by name a setting's routed teacher, the
+field its students learn (`TEACHERS`): `teacher` samples it unguided (at `eval.guidance`),
+`teacher_cfg` at guidance `fields.cfg_scale`, the target CFG absorption distils.
 """
 from __future__ import annotations
 
+import math
 import time
 from collections.abc import Mapping
 from pathlib import Path
@@ -27,7 +32,7 @@ from pipeline.core import backbone, checkpoint, teacher
 from pipeline.core.batches import Curated
 from pipeline.eval.sample import Panel, generate, labelled_grid
 from pipeline.data import shards, world
-from pipeline.eval import metrics
+from pipeline.eval import metrics, stats
 
 BUCKETS = ("t2i", "local_edit", "global_edit", "realism")
 GRID_COLUMNS = 8  # test samples per bucket shown in the sample grid
@@ -46,8 +51,8 @@ def sample_bucket(field, data: Curated, bucket: str, eval_params, shift: float, 
 
 
 def evaluate(field, ev, data: Curated, eval_params, shift: float, guidance: float, device,
-             route_of_bucket: Mapping[str, int] | None = None) -> tuple[dict, Image.Image]:
-    """All metrics of one model, and a grid of its first outputs per bucket labelled with their prompts."""
+             route_of_bucket: Mapping[str, int] | None = None) -> tuple[dict, dict, Image.Image]:
+    """(metrics with their 95% intervals, per-sample outcomes, a labelled grid of the first outputs)."""
     out, seconds, panels = {}, 0.0, []
     for bucket in BUCKETS:
         test, images, sec = sample_bucket(field, data, bucket, eval_params, shift, guidance, device, route_of_bucket)
@@ -57,52 +62,73 @@ def evaluate(field, ev, data: Curated, eval_params, shift: float, guidance: floa
         sources = [np.stack([r.source for r in shown])] if shown[0].source is not None else []
         title = f"{bucket}: " + ("source (top), output (bottom)" if sources else "output for the prompt")
         panels.append(Panel(title, sources + [images[:GRID_COLUMNS]], [r.prompt for r in shown]))
-    result = _t2i_metrics(ev, *out["t2i"]) | _edit_metrics(ev, out["local_edit"], out["global_edit"])
-    result["realism"] = metrics.realism(ev, out["realism"][1])
+    outcomes = _t2i_outcomes(ev, *out["t2i"]) | _edit_outcomes(ev, out["local_edit"], out["global_edit"])
+    outcomes["realism"] = ev.realism(out["realism"][1]).tolist()
+    result = scores(outcomes)
+    result |= _distribution_metrics(ev, out["t2i"][1])
     n_images = sum(len(images) for _, images in out.values())
     result |= {"nfe": eval_params.steps * (1 if guidance == 1.0 else 2), "guidance": guidance,
-               "sec_per_image": seconds / n_images}
-    return result, labelled_grid(panels)
+               "sec_per_image": seconds / n_images, "samples_per_bucket": eval_params.count}
+    return result, outcomes, labelled_grid(panels)
 
 
-def _t2i_metrics(ev, test, images) -> dict:
+def scores(outcomes: dict) -> dict:
+    """Every per-sample score's point estimate and bootstrap 95% interval (`pipeline.eval.stats`)."""
+    result = {}
+    for name, known in (("geneval", world.T2I_CATEGORIES), ("gedit", world.EDIT_CATEGORIES)):
+        ok, cats = outcomes[name]["ok"], outcomes[name]["category"]
+        result[name], result[f"{name}_by_category"] = metrics.category_score(ok, cats, known)
+        result[f"{name}_ci"] = list(stats.category_mean_interval(ok, cats))
+    for name in ("preservation", "clip_score", "realism"):
+        values = np.asarray(outcomes[name], dtype=np.float64)
+        result[name] = float(np.nanmean(values)) if np.isfinite(values).any() else math.nan
+        result[f"{name}_ci"] = list(stats.mean_interval(values))
+    return result
+
+
+def _t2i_outcomes(ev, test, images) -> dict:
     samples = [shards.world_sample(r.meta) for r in test.records]
-    mean, by_category = metrics.geneval(ev.parse(images), [s.spec for s in samples], [s.category for s in samples])
-    real = np.stack([r.image for r in test.records])
-    return {
-        "geneval": mean, "geneval_by_category": by_category,
-        "fid": metrics.fid(ev.features(images).cpu().numpy(), ev.features(real).cpu().numpy()),
-        "clip_score": metrics.clip_score(ev, images, [r.prompt for r in test.records]),
-    }
+    ok = metrics.geneval_outcomes(ev.parse(images), [s.spec for s in samples])
+    return {"geneval": {"ok": ok, "category": [s.category for s in samples]},
+            "clip_score": ev.clip_score(images, [r.prompt for r in test.records]).tolist()}
 
 
-def _edit_metrics(ev, local, global_) -> dict:
+def _edit_outcomes(ev, local, global_) -> dict:
     targets, categories, parsed = [], [], []
     for test, images in (local, global_):
         samples = [shards.world_sample(r.meta) for r in test.records]
         targets += [s.target for s in samples]
         categories += [s.category for s in samples]
         parsed += ev.parse(images)
-    mean, by_category = metrics.gedit(parsed, targets, categories)
     test, images = local
     samples = [shards.world_sample(r.meta) for r in test.records]
     sources = np.stack([r.source for r in test.records])
     edited = [world.edited_cells(s.source, s.target) for s in samples]
-    return {"gedit": mean, "gedit_by_category": by_category,
-            "preservation": metrics.preservation(images, sources, edited, images.shape[1])}
+    return {"gedit": {"ok": metrics.gedit_outcomes(parsed, targets), "category": categories},
+            "preservation": metrics.preservation_scores(images, sources, edited, images.shape[1])}
 
 
-def load_field(name: str, eval_params, fields, *, model: Path | None, base: Path | None, experts: Path | None,
-               device) -> tuple[object, float, dict[str, int] | None]:
-    """(field, guidance, route_of_bucket) to evaluate: a checkpoint folder, or the routed teacher by name."""
+def _distribution_metrics(ev, images) -> dict:
+    """KID and FID of the T2I outputs against the evaluator's cached real reference, with intervals,
+    and FID's real-vs-real floor at the same sample size."""
+    generated, reference = ev.features(images).cpu().numpy(), ev.reference
+    floor = stats.fid_floor(reference, len(generated))
+    return {"kid": stats.kid(generated, reference), "kid_ci": list(stats.kid_interval(generated, reference)),
+            "fid": metrics.fid(generated, reference), "fid_ci": list(stats.fid_interval(generated, reference)),
+            "fid_floor": floor[0], "fid_floor_range": [floor[1], floor[2]], "reference_size": len(reference)}
+
+
+def load_field(name: str, eval_params, fields, setting=None, *, model: Path | None, base: Path | None,
+               experts: Path | None, device) -> tuple[object, float, dict[str, int] | None]:
+    """(field, guidance, route_of_bucket) to evaluate: a checkpoint folder, or a setting's routed teacher."""
     if name not in TEACHERS:
         if model is None:
             raise ValueError(f"evaluate {name}: needs --model <checkpoint folder>")
         return backbone.load(model).to(device).eval(), eval_params.guidance, None
-    if base is None or experts is None:
-        raise ValueError(f"evaluate {name}: needs --base and --experts, the source checkpoints")
-    routes = teacher.routes(fields)  # each sample takes its true route (no router)
+    if base is None or experts is None or setting is None:
+        raise ValueError(f"evaluate {name}: needs --setting, --base and --experts, the source checkpoints")
+    routes = teacher.routes(setting)  # each sample takes its true route (no router)
     sources = checkpoint.source_folders(base, experts, [r.source for r in routes])
     field = teacher.load_teacher(routes, sources, device, "hard")
     guidance = fields.guidance_scale if TEACHERS[name] else eval_params.guidance
-    return field, guidance, teacher.route_index(routes)
+    return field, guidance, teacher.route_index(routes, fallback=0)  # unrouted prompts: the first route's field

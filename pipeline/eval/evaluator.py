@@ -8,15 +8,18 @@ Conventions (this module owns them):
   (shape, colour)); the background is an index into `world.BACKGROUNDS` and the style into
   `world.STYLES`. The background is the scene's, not the rendered colour (an inverted white scene
   shows black and is labelled white). `parse` decodes the argmax of each head into a `world.Scene`.
-- Realism reward = the parser's probability of style "real". FID features = the parser's
-  penultimate layer (`features`, (B, F)), since no Inception weights exist offline.
+- Realism reward = the parser's probability of style "real". KID and FID features = the parser's
+  penultimate layer (`features`, (B, F)), since no Inception weights exist offline; the real
+  reference is the cached features of `eval.evaluator.reference` real renders of T2I test scenes
+  (`reference`), far more than any one evaluation samples.
 - CLIP score = 100 * cos(image embed, text embed) of the domain CLIP, per pair (no clamp at 0).
   Its text tower uses the MiniLM WordPiece tokenizer; CLS/SEP serve as CLIP's BOS/EOS, so CLIP's
   pooling takes the [SEP] state (the tower is causal, so [SEP] has seen the whole caption).
 - How it is trained (fresh renders, never the curated shards) is `pipeline.eval.evaluator_training`;
   this module is only the instrument, so evaluating never imports a training module.
 - A saved evaluator is a folder: `parser.pt` + `parser.json` (its config), `clip/`
-  (`save_pretrained`) and `tokenizer/`; it loads without params.yaml and is written atomically.
+  (`save_pretrained`), `tokenizer/` and `reference.npy`; it loads without params.yaml and is
+  written atomically.
 """
 from __future__ import annotations
 
@@ -36,6 +39,7 @@ from pipeline.data.shards import to_tensor
 CONTENTS = (None,) + tuple(world.Obj(s, c) for s in world.SHAPES for c in world.COLORS)
 _CONTENT_INDEX = {c: i for i, c in enumerate(CONTENTS)}
 BACKGROUNDS, STYLES = list(world.BACKGROUNDS), list(world.STYLES)
+REFERENCE = "reference.npy"  # the real reference features, in the evaluator's folder
 CLIP_MAX_TOKENS = 64  # the longest caption (4 objects, describe) is ~45 WordPiece tokens
 
 
@@ -118,8 +122,9 @@ def build_clip(size: int, tok, width: int = 64, layers: int = 2):
 class Evaluator:
     """A trained scene parser + domain CLIP; every method takes (B, 3, S, S) in [-1, 1] or uint8."""
 
-    def __init__(self, parser: SceneParser, clip, tok, chunk: int = 512):
+    def __init__(self, parser: SceneParser, clip, tok, reference: np.ndarray | None = None, chunk: int = 512):
         self.parser, self.clip, self.tok, self.chunk = parser.eval(), clip.eval(), tok, chunk
+        self.reference = reference  # (N, F) features of real T2I test renders: KID's and FID's reference
         self.device = next(parser.parameters()).device
 
     def to(self, device) -> Evaluator:
@@ -173,6 +178,8 @@ class Evaluator:
             (tmp / "parser.json").write_text(json.dumps(asdict(self.parser.config), indent=1))
             self.clip.save_pretrained(tmp / "clip")
             self.tok.save_pretrained(tmp / "tokenizer")
+            if self.reference is not None:
+                np.save(tmp / REFERENCE, self.reference.astype(np.float32), allow_pickle=False)
 
     @classmethod
     def load(cls, folder: str | Path, device: str | torch.device = "cpu") -> Evaluator:
@@ -180,7 +187,7 @@ class Evaluator:
         from transformers import AutoTokenizer, CLIPModel
 
         folder = Path(folder)
-        for name in ("parser.pt", "parser.json", "clip/config.json", "tokenizer"):
+        for name in ("parser.pt", "parser.json", "clip/config.json", "tokenizer", REFERENCE):
             if not (folder / name).exists():
                 raise FileNotFoundError(f"evaluator {folder}: missing {name}; not an evaluator folder")
         raw = json.loads((folder / "parser.json").read_text())
@@ -188,6 +195,6 @@ class Evaluator:
         parser.load_state_dict(torch.load(folder / "parser.pt", map_location="cpu", weights_only=True))
         clip = CLIPModel.from_pretrained(folder / "clip", local_files_only=True)
         tok = AutoTokenizer.from_pretrained(folder / "tokenizer", local_files_only=True)
-        return cls(parser, clip, tok).to(device)
+        return cls(parser, clip, tok, np.load(folder / REFERENCE)).to(device)
 
 

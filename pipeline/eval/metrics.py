@@ -37,21 +37,34 @@ def _per_category(ok: list[bool], categories: list[str], known: tuple) -> tuple[
     return (float(np.mean(list(by.values()))) if by else math.nan), by
 
 
-def geneval(scenes: list[world.Scene], specs: list[dict], categories: list[str]) -> tuple[float, dict]:
-    """GenEval-style score: per-category share of parsed scenes that satisfy their prompt's spec."""
+def geneval_outcomes(scenes: list[world.Scene], specs: list[dict]) -> list[bool]:
+    """Per sample: does the parsed scene satisfy its prompt's spec."""
     if len(scenes) != len(specs):
         raise ValueError(f"geneval: {len(scenes)} scenes but {len(specs)} specs")
-    ok = [world.check_spec(spec, scene) for scene, spec in zip(scenes, specs)]
-    return _per_category(ok, categories, world.T2I_CATEGORIES)
+    return [world.check_spec(spec, scene) for scene, spec in zip(scenes, specs)]
+
+
+def geneval(scenes: list[world.Scene], specs: list[dict], categories: list[str]) -> tuple[float, dict]:
+    """GenEval-style score: per-category share of parsed scenes that satisfy their prompt's spec."""
+    return _per_category(geneval_outcomes(scenes, specs), categories, world.T2I_CATEGORIES)
+
+
+def gedit_outcomes(outputs: list[world.Scene], targets: list[world.Scene]) -> list[bool]:
+    """Per sample: is the parsed output the target scene (style too)."""
+    if len(outputs) != len(targets):
+        raise ValueError(f"gedit: {len(outputs)} outputs but {len(targets)} targets")
+    return [out == target for out, target in zip(outputs, targets)]
 
 
 def gedit(outputs: list[world.Scene], targets: list[world.Scene],
           categories: list[str]) -> tuple[float, dict]:
     """Edit success: per-category share of parsed outputs equal to the target scene (style too)."""
-    if len(outputs) != len(targets):
-        raise ValueError(f"gedit: {len(outputs)} outputs but {len(targets)} targets")
-    ok = [out == target for out, target in zip(outputs, targets)]
-    return _per_category(ok, categories, world.EDIT_CATEGORIES)
+    return _per_category(gedit_outcomes(outputs, targets), categories, world.EDIT_CATEGORIES)
+
+
+def category_score(ok: list[bool], categories: list[str], known: tuple) -> tuple[float, dict]:
+    """(mean over categories, per-category accuracy) of per-sample outcomes."""
+    return _per_category(list(ok), list(categories), known)
 
 
 def psnr(a: np.ndarray, b: np.ndarray) -> float:
@@ -60,9 +73,10 @@ def psnr(a: np.ndarray, b: np.ndarray) -> float:
     return PSNR_CAP if mse == 0 else min(PSNR_CAP, 10 * math.log10(255.0 ** 2 / mse))
 
 
-def preservation(outputs: np.ndarray, sources: np.ndarray, edited_cells: list[list[int]],
-                 size: int) -> float:
-    """Mean PSNR (dB) of the cells each local edit must not touch, output vs source (uint8 NHWC)."""
+def preservation_scores(outputs: np.ndarray, sources: np.ndarray, edited_cells: list[list[int]],
+                        size: int) -> list[float]:
+    """Per local edit: PSNR (dB) of the cells it must not touch, output vs source (uint8 NHWC); NaN
+    for an edit that touched every cell."""
     if outputs.shape != sources.shape or len(outputs) != len(edited_cells):
         raise ValueError(f"preservation: outputs {outputs.shape}, sources {sources.shape} and "
                          f"{len(edited_cells)} edited-cell lists do not match")
@@ -72,8 +86,14 @@ def preservation(outputs: np.ndarray, sources: np.ndarray, edited_cells: list[li
         for cell in set(range(4)) - set(edited):
             y0, y1, x0, x1 = world.cell_box(cell, size)
             keep[y0:y1, x0:x1] = True
-        if keep.any():
-            scores.append(psnr(out[keep], src[keep]))
+        scores.append(psnr(out[keep], src[keep]) if keep.any() else math.nan)
+    return scores
+
+
+def preservation(outputs: np.ndarray, sources: np.ndarray, edited_cells: list[list[int]],
+                 size: int) -> float:
+    """Mean PSNR (dB) of the cells each local edit must not touch, output vs source (uint8 NHWC)."""
+    scores = [s for s in preservation_scores(outputs, sources, edited_cells, size) if not math.isnan(s)]
     return float(np.mean(scores)) if scores else math.nan
 
 

@@ -11,9 +11,11 @@ t and condition onto it with a plain MSE, no timestep weighting (`field_loss`). 
 composes them into a step function for `pipeline.train.loop.fit`. Time, path and velocity follow
 ``pipeline.core.flow`` (t = 1 is noise); fields follow ``pipeline.core.fields``.
 
-A method (`pipeline.config.Method`: the ``distill`` params, ``routing.mode`` and the overrides of
-``distill.methods.<name>``, resolved by the config) selects among these: DanceOPD itself, the
-off-policy baseline, dense DiffusionOPD-style queries and soft routing are all the same code.
+A method (`pipeline.config.Method`: the ``distill`` params, ``routing.mode``/``per`` and the
+setting's init with the overrides of ``distill.methods.<name>``, resolved by the config) selects
+among these: DanceOPD itself (one low-noise query, one route per optimizer step), the off-policy
+baseline, DiffusionOPD (all R states, weight 0.5/R², every route in every update), soft routing
+and the query and K ablations are all the same code; `train_student` runs one for a setting.
 """
 from __future__ import annotations
 
@@ -25,7 +27,7 @@ import torch
 from torch import Tensor, nn
 
 from pipeline.core import backbone, checkpoint, compute, flow, teacher
-from pipeline.core.batches import Batch, Curated, bucket_weights, random_batches
+from pipeline.core.batches import Batch, Curated, routed_batches
 from pipeline.core.fields import Cond, Field
 from pipeline.data import outputs
 from pipeline.train.loop import Fit, Loop, StepFn, fit
@@ -134,43 +136,47 @@ def relabelled(batches: Iterator[Batch], route_of: Callable[[Cond], Tensor]) -> 
 
 
 def router_routes(router: Router, routes: Sequence[teacher.Route]) -> Callable[[Cond], Tensor]:
-    """Each sample's route from the router's predicted task; a sample on a route the router does
-    not predict (realism: its prompts are T2I prompts) keeps its labelled route."""
+    """Each sample's route from the router's predicted task. A sample keeps its labelled route when
+    its route is not one the router predicts (a realism route: its prompts are T2I prompts) or when
+    the predicted task has no route in this setting (t2i in Local + Global)."""
     index = teacher.route_index(routes)
-    task_route = torch.tensor([index[task] for task in router.classes])  # predicted class -> route
+    task_route = torch.tensor([index.get(task, -1) for task in router.classes])  # predicted class -> route
     predicted = torch.tensor([any(b in router.classes for b in r.buckets) for r in routes])  # (n_routes,)
 
     def route_of(cond: Cond) -> Tensor:
-        return torch.where(predicted[cond.route], task_route[router.route(cond).cpu()], cond.route)
+        guess = task_route[router.route(cond).cpu()]  # (B,), -1 where the setting has no such route
+        return torch.where(predicted[cond.route] & (guess >= 0), guess, cond.route)
 
     return route_of
 
 
-def train_student(method, fields, routing, train, shift: float, compute_params, *, data: Curated, base: Path,
-                  experts: Path, router_dir: Path, out: Path, name: str, on_log=None) -> Fit:
-    """Distil every routed field into one student by `method` and save it to `out`.
+def train_student(method, setting, fields, routing, train, shift: float, compute_params, *, data: Curated, base: Path,
+                  experts: Path, router_dir: Path, out: Path, name: str, seed: int, on_log=None) -> Fit:
+    """Distil a setting's routed fields into one student by `method` (with `seed`) and save it to `out`.
 
     `base` and `experts` (the experts' root) hold the source checkpoints the routes and the init name.
     """
     outputs.ensure_writable(out)
     device = compute.setup(compute_params)
-    routes, null = teacher.routes(fields), data.null()
+    routes, null = teacher.routes(setting), data.null()
+    weights = [routing.weights[r.name] for r in routes]
     sources = checkpoint.source_folders(base, experts, [r.source for r in routes] + [method.init])
     target_field = teacher.load_teacher(routes, sources, device, method.routing_mode,
-                                        fields.guidance_scale if fields.absorb_guidance else None, null)
+                                        fields.guidance_scale if fields.absorb_guidance else None, null, weights)
     tensors = data.tensors(teacher.buckets(routes), "train", route_of_bucket=teacher.route_index(routes))
-    rng = torch.Generator().manual_seed(train.seed)
-    batches = random_batches(tensors, method.batch_size, rng, bucket_weights(tensors, routing.weights))
+    rng = torch.Generator().manual_seed(seed)
+    batches = routed_batches(tensors, method.batch_size, rng, weights, method.routing_per, method.grad_accum)
     if routing.source == "router":
         batches = relabelled(batches, router_routes(Router.load(router_dir), routes))
     student = backbone.load(sources[method.init])
+    micro = method.grad_accum * (len(routes) if method.routing_per == "all" else 1)  # "all": each route each step
     loop = Loop(steps=method.steps, lr=method.lr, weight_decay=train.weight_decay, grad_clip=train.grad_clip,
-                ema=0.0, grad_accum=method.grad_accum, checkpoint_every=train.checkpoint_every,  # no EMA for
-                log_every=train.log_every, compile=compute_params.compile)  # students, as the paper's code
+                ema=0.0, grad_accum=micro, checkpoint_every=train.checkpoint_every,  # no EMA for students,
+                log_every=train.log_every, compile=compute_params.compile)  # as the paper's code
     recipe = {"method": method.model_dump(), "routes": [dataclasses.asdict(r) for r in routes],
               "absorb_guidance": fields.absorb_guidance, "guidance_scale": fields.guidance_scale,
-              "routing": {"source": routing.source, "weights": routing.weights}, "shift": shift,
-              "seed": train.seed, "loop": dataclasses.asdict(loop)}
+              "routing": {"source": routing.source, "weights": weights}, "shift": shift, "seed": seed,
+              "loop": dataclasses.asdict(loop)}
     work = checkpoint.work_dir(out)
     result = fit(student, distill_step(target_field, method, shift, device), batches, loop, rng=rng, work=work,
                  run_id=checkpoint.fingerprint(recipe), device=device, on_log=on_log)

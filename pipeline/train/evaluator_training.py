@@ -203,6 +203,16 @@ def clip_sanity(ev: Evaluator, params, render: TileRenderer) -> dict:
             "clip_shuffled": ev.clip_score(x, texts[1:] + texts[:1]).mean().item()}
 
 
+@torch.no_grad()
+def reference_features(parser: SceneParser, params, render: TileRenderer) -> np.ndarray:
+    """(N, F) float32 parser features of `params.reference` real renders of T2I test-split scenes
+    (the curated test set's distribution; seeds beyond it, so it is far larger)."""
+    scenes = [s.target for s in world.make_bucket("t2i", "test", params.reference)]
+    x, device = to_tensor(render(scenes)), next(parser.parameters()).device
+    feats = [parser.eval().features(x[i:i + 500].to(device)).cpu() for i in range(0, len(x), 500)]
+    return torch.cat(feats).numpy().astype(np.float32)
+
+
 def train_evaluator(params, size: int, compute_params, out: Path) -> tuple[dict, float]:
     """Train, check and save the evaluator (`params` = ``eval.evaluator``) to `out`: (metrics, seconds)."""
     outputs.ensure_writable(out)
@@ -215,7 +225,7 @@ def train_evaluator(params, size: int, compute_params, out: Path) -> tuple[dict,
         raise RuntimeError(f"evaluator: held-out scene accuracy {metrics['scene_accuracy']:.4f} < "
                            f"{params.min_scene_accuracy}, so the metrics would mean nothing (raise "
                            f"eval.evaluator.parser_steps); nothing was written. {metrics}")
-    ev = Evaluator(parser, *train_clip(params, size, render, device))
+    ev = Evaluator(parser, *train_clip(params, size, render, device), reference_features(parser, params, render))
     seconds = time.perf_counter() - tic
     ev.save(out)
     return metrics | clip_sanity(ev, params, render), seconds

@@ -3,8 +3,9 @@
 A step function is a pure loss ``step_fn(model, batch, generator) -> scalar`` of one batch
 ``(x, cond)``; SFT (`pipeline.train.sft`) and distillation (`pipeline.train.distill`) are step
 functions. ``batches`` is an iterator of batches (`pipeline.core.batches.random_batches`). The
-loop owns everything around the loss: AdamW, gradient accumulation over ``grad_accum``
-micro-batches, gradient clipping, optional EMA, bf16 autocast on CUDA, optional
+loop owns everything around the loss: AdamW with a warm-up and optional cosine decay, gradient
+accumulation over ``grad_accum`` micro-batches, gradient clipping, optional EMA (with warm-up),
+bf16 autocast on CUDA, optional
 ``torch.compile`` of the forward, a NaN/inf guard (the stage fails instead of saving a broken
 model), a progress bar, logging, and a checkpoint every ``checkpoint_every`` steps from which a
 killed stage resumes (`pipeline.core.checkpoint`).
@@ -18,6 +19,7 @@ from __future__ import annotations
 
 import copy
 import dataclasses
+import math
 import time
 from collections.abc import Callable, Iterator
 from pathlib import Path
@@ -45,6 +47,9 @@ class Loop:
     checkpoint_every: int
     log_every: int
     compile: bool  # torch.compile the forward (the GPU path)
+    warmup_steps: int = 0  # linear learning-rate warm-up
+    lr_decay: str = "constant"  # constant | cosine (to min_lr_ratio * lr at the last step)
+    min_lr_ratio: float = 0.0
 
 
 @dataclasses.dataclass
@@ -64,20 +69,48 @@ class Fit:
 
 
 class EMA:
-    """Exponential moving average of a model's parameters (off when decay is 0)."""
+    """Exponential moving average of a model's parameters (off when decay is 0), with warm-up.
+
+    Update n (from 0) uses decay min(decay, (1 + n) / (10 + n)), as diffusers' `EMAModel`: without
+    the warm-up a 0.999 average after 1,000 steps still holds 37% of the random initial weights.
+    """
 
     def __init__(self, model: nn.Module, decay: float):
-        self.decay = decay
+        self.decay, self.updates = decay, 0
         self.model = copy.deepcopy(model).requires_grad_(False) if decay > 0 else None
+
+    def current_decay(self) -> float:
+        return min(self.decay, (1 + self.updates) / (10 + self.updates))
 
     @torch.no_grad()
     def update(self, model: nn.Module) -> None:
         if self.model is not None:
+            weight = 1.0 - self.current_decay()
             for avg, p in zip(self.model.parameters(), model.parameters()):
-                avg.lerp_(p, 1.0 - self.decay)
+                avg.lerp_(p, weight)
+            self.updates += 1
 
     def final(self, model: nn.Module) -> nn.Module:
         return model if self.model is None else self.model
+
+    def state_dict(self) -> dict | None:
+        return None if self.model is None else {"model": self.model.state_dict(), "updates": self.updates}
+
+    def load_state_dict(self, state: dict | None) -> None:
+        if self.model is not None:
+            self.model.load_state_dict(state["model"])
+            self.updates = state["updates"]
+
+
+def lr_factor(step: int, loop: Loop) -> float:
+    """The learning rate's multiplier at optimizer step `step` (from 0): a linear warm-up over
+    `warmup_steps`, then constant or a cosine decay to `min_lr_ratio` at the last step."""
+    if step < loop.warmup_steps:
+        return (step + 1) / loop.warmup_steps
+    if loop.lr_decay == "constant":
+        return 1.0
+    progress = (step - loop.warmup_steps) / max(1, loop.steps - loop.warmup_steps)
+    return loop.min_lr_ratio + (1 - loop.min_lr_ratio) * 0.5 * (1 + math.cos(math.pi * min(1.0, progress)))
 
 
 def fit(model: nn.Module, step_fn: StepFn, batches: Iterator[Batch], loop: Loop, *, rng: torch.Generator,
@@ -86,9 +119,10 @@ def fit(model: nn.Module, step_fn: StepFn, batches: Iterator[Batch], loop: Loop,
     model.to(device).train()
     forward = torch.compile(model) if loop.compile else model  # the uncompiled module is what gets saved
     opt = torch.optim.AdamW(model.parameters(), lr=loop.lr, weight_decay=loop.weight_decay)
+    schedule = torch.optim.lr_scheduler.LambdaLR(opt, lambda step: lr_factor(step, loop))
     ema = EMA(model, loop.ema)
     progress = {"step": 0, "history": []}
-    _resume(work, run_id, model, opt, ema, rng, batches, progress)
+    _resume(work, run_id, model, opt, schedule, ema, rng, batches, progress)
     name = work.name.removesuffix(".partial")
     bar = tqdm(total=loop.steps, initial=progress["step"], mininterval=5.0, desc=name, unit="step")
     tic = start = time.perf_counter()
@@ -108,38 +142,40 @@ def fit(model: nn.Module, step_fn: StepFn, batches: Iterator[Batch], loop: Loop,
             seen += len(batch[0])
         grad_norm = nn.utils.clip_grad_norm_(model.parameters(), loop.grad_clip)
         opt.step()
+        schedule.step()
         ema.update(model)
         progress["step"] += 1
         window.append(loss_sum)
         bar.update(1)
         if progress["step"] % loop.log_every == 0 or progress["step"] == loop.steps:
             row = {"step": progress["step"], "loss": sum(window) / len(window), "grad_norm": float(grad_norm)}
+            extra = {"samples_per_s": seen / (time.perf_counter() - tic), "lr": schedule.get_last_lr()[0]}
             progress["history"].append(row)
             bar.set_postfix(loss=f"{row['loss']:.4f}")
             if on_log:
-                on_log(progress["step"], row | {"samples_per_s": seen / (time.perf_counter() - tic)})
+                on_log(progress["step"], row | extra)
             tic, window, total_seen, seen = time.perf_counter(), [], total_seen + seen, 0
         if progress["step"] % loop.checkpoint_every == 0 and progress["step"] < loop.steps:
-            _save(work, run_id, model, opt, ema, rng, batches, progress)
+            _save(work, run_id, model, opt, schedule, ema, rng, batches, progress)
     bar.close()
     return Fit(ema.final(model).eval(), progress["history"], time.perf_counter() - start, total_seen + seen)
 
 
-def _save(work: Path, run_id: str, model, opt, ema: EMA, rng, batches, progress: dict) -> None:
+def _save(work: Path, run_id: str, model, opt, schedule, ema: EMA, rng, batches, progress: dict) -> None:
     checkpoint.save_state(work, run_id, {
-        "model": model.state_dict(), "optimizer": opt.state_dict(),
-        "ema": None if ema.model is None else ema.model.state_dict(), "generator": rng.get_state(),
+        "model": model.state_dict(), "optimizer": opt.state_dict(), "schedule": schedule.state_dict(),
+        "ema": ema.state_dict(), "generator": rng.get_state(),
         "batches": batches.state_dict() if hasattr(batches, "state_dict") else None, "progress": progress})
 
 
-def _resume(work: Path, run_id: str, model, opt, ema: EMA, rng, batches, progress: dict) -> None:
+def _resume(work: Path, run_id: str, model, opt, schedule, ema: EMA, rng, batches, progress: dict) -> None:
     state = checkpoint.load_state(work, run_id)
     if state is None:
         return
     model.load_state_dict(state["model"])
     opt.load_state_dict(state["optimizer"])
-    if ema.model is not None:
-        ema.model.load_state_dict(state["ema"])
+    schedule.load_state_dict(state["schedule"])
+    ema.load_state_dict(state["ema"])
     rng.set_state(state["generator"])
     if state["batches"] is not None:
         batches.load_state_dict(state["batches"])

@@ -4,10 +4,11 @@ The step (DESIGN §2): velocity MSE on forward-noised data, ``x_t = (1 - t) x + 
 ``noise - x``, t drawn by the model's t-sampling, with condition dropout (the null text, a zero
 source) so that every model also learns the null field CFG needs at sampling time.
 
-What each model trains on is its `Plan` (`plan`): the base on the t2i bucket for
-``train.base_steps`` from scratch with ``train.t_sampling``; an expert on its ``experts.<name>``
-buckets for its steps; joint on every routed bucket for ``train.joint_steps``, both fine-tuned
-from base with ``train.finetune_t_sampling``.
+What each model trains on is its `Plan` (`plan`): the base on the t2i bucket from scratch with
+the ``train.base`` recipe (steps, learning rate and schedule, EMA, t sampling); an expert on its
+``experts.<name>`` buckets for its steps; a setting's joint baseline on the buckets of all its
+routes for the sum of the steps of the experts it replaces (matched compute); the last two
+fine-tuned from base with the ``train.finetune`` recipe.
 """
 from __future__ import annotations
 
@@ -19,43 +20,53 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from pipeline.core import backbone, checkpoint, compute, flow
+from pipeline.core.teacher import ROUTE_BUCKETS
 from pipeline.core.batches import Batch, Curated, random_batches
-from pipeline.data import outputs, shards, world
+from pipeline.data import outputs, shards
 from pipeline.train.loop import Fit, Loop, StepFn, fit
 
 
 @dataclasses.dataclass(frozen=True)
 class Plan:
-    """What one SFT model trains on, for how long, with which t density."""
+    """What one SFT model trains on, for how long, and how (its `train.base` or `train.finetune` recipe)."""
 
     name: str
     buckets: list[str]
     steps: int
-    t_sampling: str
+    recipe: object  # pipeline.config.Recipe: lr, schedule, EMA, t sampling
 
 
-def plan(name: str, train, experts, fields) -> Plan:
-    """The plan of the SFT model `name`: base, an expert name, or joint."""
+def plan(name: str, train, experts, setting=None) -> Plan:
+    """The plan of the SFT model `name`: base, an expert name, or a setting's joint baseline."""
     if name == "base":
-        return Plan(name, ["t2i"], train.base_steps, train.t_sampling)
-    if name == "joint":  # the multi-task SFT baseline on every routed bucket
-        buckets = list(world.TASKS) + (["realism"] if fields.realism else [])
-        return Plan(name, buckets, train.joint_steps, train.finetune_t_sampling)
+        return Plan(name, ["t2i"], train.base.steps, train.base)
+    if name == "joint":  # multi-task SFT on the setting's buckets, with the compute of the experts it replaces
+        if setting is None:
+            raise ValueError("train joint: needs the setting whose sources it replaces (--setting)")
+        buckets = list(dict.fromkeys(b for route in setting.routes for b in ROUTE_BUCKETS[route]))
+        replaced = sorted({source for source in setting.routes.values() if source != "base"})
+        return Plan(name, buckets, sum(experts[s].steps for s in replaced), train.finetune)
     if (expert := experts.get(name)) is None:
         raise ValueError(f"train: unknown model {name!r}; expected base, joint or one of experts {sorted(experts)}")
-    return Plan(name, list(expert.buckets), expert.steps, train.finetune_t_sampling)
+    return Plan(name, list(expert.buckets), expert.steps, train.finetune)
 
 
 def flow_matching_step(t_sampling: str, drop_text: float, drop_source: float, null: tuple[Tensor, Tensor],
-                       device: torch.device) -> StepFn:
-    """The SFT loss of one batch, drawing noise, t and the dropout masks from the generator."""
+                       device: torch.device, shift: float = 1.0) -> StepFn:
+    """The SFT loss of one batch, drawing noise, t and the dropout masks from the generator.
+
+    A ``*_shifted`` t sampling moves t by the SD3 ``shift`` of the sampling grid (`flow.shift_time`).
+    """
     null_text, null_pooled = null  # (L, D), (D,)
+    density, shifted = t_sampling.removesuffix("_shifted"), t_sampling.endswith("_shifted")
 
     def step(model: nn.Module, batch: Batch, gen: torch.Generator) -> Tensor:
         x, cond = batch  # (B, 3, H, W)
         b = len(x)
         noise = torch.randn(x.shape, generator=gen)
-        t = flow.sample_t(b, t_sampling, generator=gen)  # (B,)
+        t = flow.sample_t(b, density, generator=gen)  # (B,)
+        if shifted:
+            t = flow.shift_time(t, shift)
         no_text = torch.rand(b, generator=gen) < drop_text  # (B,)
         no_source = torch.rand(b, generator=gen) < drop_source
         cond = dataclasses.replace(  # the null condition CFG needs at sampling time
@@ -83,12 +94,15 @@ def train_model(plan: Plan, train, model_params, compute_params, *, data: Curate
     device = compute.setup(compute_params)
     tensors = data.tensors(plan.buckets, "train")
     model = backbone.load(init) if init else new_model(model_params, train.seed, tensors.image.shape[-1],
-                                                        tensors.text.shape[-1])
-    step = flow_matching_step(plan.t_sampling, train.drop_text, train.drop_source, data.null(), device)
-    loop = Loop(steps=plan.steps, lr=train.lr, weight_decay=train.weight_decay, grad_clip=train.grad_clip,
-                ema=train.ema, grad_accum=train.grad_accum, checkpoint_every=train.checkpoint_every,
-                log_every=train.log_every, compile=compute_params.compile)
-    recipe = {"plan": dataclasses.asdict(plan), "loop": dataclasses.asdict(loop), "batch_size": train.batch_size,
+                                                        tensors.text_dim)
+    r = plan.recipe
+    step = flow_matching_step(r.t_sampling, train.drop_text, train.drop_source, data.null(), device, model_params.shift)
+    loop = Loop(steps=plan.steps, lr=r.lr, weight_decay=train.weight_decay, grad_clip=train.grad_clip, ema=r.ema,
+                grad_accum=train.grad_accum, checkpoint_every=train.checkpoint_every, log_every=train.log_every,
+                compile=compute_params.compile, warmup_steps=r.warmup_steps, lr_decay=r.lr_decay,
+                min_lr_ratio=r.min_lr_ratio)
+    recipe = {"plan": {"name": plan.name, "buckets": plan.buckets, "steps": plan.steps, "t_sampling": r.t_sampling},
+              "loop": dataclasses.asdict(loop), "batch_size": train.batch_size,
               "drop_text": train.drop_text, "drop_source": train.drop_source, "seed": train.seed,
               "init": str(init) if init else  # a fine-tune's architecture is its init's; a new model's is params'
               {key: getattr(model_params, key) for key in ("preset", "patch_size", "pretrained")}}
