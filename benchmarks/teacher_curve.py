@@ -62,6 +62,7 @@ def main() -> None:
     base = params.train.base.model_copy(update={"lr": args.lr or params.train.base.lr,
                                                  "t_sampling": args.t_sampling or params.train.base.t_sampling})
     rows, rate = [], None  # rate: seconds per step, from the first run
+    longest = max(map(int, args.steps.split(",")))
     args.out.parent.mkdir(parents=True, exist_ok=True)
     for steps in map(int, args.steps.split(",")):
         left = args.budget - (time.perf_counter() - start)
@@ -82,7 +83,8 @@ def main() -> None:
             for g in map(float, args.guidance.split(",")):
                 res, _, grid = evaluation.evaluate(model, ev, data, eval_params, params.model.shift, g, device)
                 row[f"guidance_{g:g}"] = {k: res[k] for k in KEEP if k in res}
-                grid.save(args.out.parent / f"base-{steps}-g{g:g}.png") if steps == max(map(int, args.steps.split(","))) else None
+                if steps == longest:  # the grids of the best-trained model
+                    grid.save(args.out.parent / f"base-{steps}-g{g:g}.png")
         except Exception as err:
             row["error"] = f"{type(err).__name__}: {err}"
             traceback.print_exc()

@@ -27,7 +27,8 @@ from pipeline.data import world
 PSNR_CAP = 100.0  # dB; an exact copy of the untouched cells scores this
 
 
-def _per_category(ok: list[bool], categories: list[str], known: tuple) -> tuple[float, dict]:
+def category_score(ok: list[bool], categories: list[str], known: tuple) -> tuple[float, dict]:
+    """(mean over categories, per-category accuracy) of per-sample outcomes."""
     if len(ok) != len(categories):
         raise ValueError(f"metrics: {len(ok)} results but {len(categories)} categories")
     if unknown := sorted(set(categories) - set(known)):
@@ -46,7 +47,7 @@ def geneval_outcomes(scenes: list[world.Scene], specs: list[dict]) -> list[bool]
 
 def geneval(scenes: list[world.Scene], specs: list[dict], categories: list[str]) -> tuple[float, dict]:
     """GenEval-style score: per-category share of parsed scenes that satisfy their prompt's spec."""
-    return _per_category(geneval_outcomes(scenes, specs), categories, world.T2I_CATEGORIES)
+    return category_score(geneval_outcomes(scenes, specs), categories, world.T2I_CATEGORIES)
 
 
 def gedit_outcomes(outputs: list[world.Scene], targets: list[world.Scene]) -> list[bool]:
@@ -59,12 +60,7 @@ def gedit_outcomes(outputs: list[world.Scene], targets: list[world.Scene]) -> li
 def gedit(outputs: list[world.Scene], targets: list[world.Scene],
           categories: list[str]) -> tuple[float, dict]:
     """Edit success: per-category share of parsed outputs equal to the target scene (style too)."""
-    return _per_category(gedit_outcomes(outputs, targets), categories, world.EDIT_CATEGORIES)
-
-
-def category_score(ok: list[bool], categories: list[str], known: tuple) -> tuple[float, dict]:
-    """(mean over categories, per-category accuracy) of per-sample outcomes."""
-    return _per_category(list(ok), list(categories), known)
+    return category_score(gedit_outcomes(outputs, targets), categories, world.EDIT_CATEGORIES)
 
 
 def psnr(a: np.ndarray, b: np.ndarray) -> float:

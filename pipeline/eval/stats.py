@@ -4,7 +4,7 @@ difference may be called a direction.
 Conventions (this module owns them):
 
 - Every interval is a 95% percentile bootstrap (`RESAMPLES` resamples, seeded) of the score's own
-  estimator over per-sample outcomes, which evaluation keeps (`data/metrics/eval/<model>.samples.json`)
+  estimator over per-sample outcomes, which evaluation keeps (`data/outcomes/<group>/<model>.json`)
   so that intervals can be recomputed. Category-mean scores (GenEval-style, GEdit-style) resample
   within each category, as the score weighs every category once.
 - KID is the unbiased MMD² with the cubic polynomial kernel k(x, y) = (x·y / d + 1)³ between the
