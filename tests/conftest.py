@@ -15,6 +15,7 @@ os.environ.setdefault("MLFLOW_DISABLE_TELEMETRY", "true")
 
 def pytest_configure(config):
     config.addinivalue_line("markers", "slow: long end-to-end runs (deselect with -m 'not slow')")
+    config.addinivalue_line("markers", "gpu: needs a CUDA GPU (skipped without one; benchmarks/gpu_check.sh runs them)")
 
 
 @pytest.fixture(scope="session")
