@@ -90,7 +90,7 @@ def forward_flops(model, x: torch.Tensor, cond: Cond, device: torch.device) -> f
 def step_runner(kind: str, model, forward, teacher, data, device: torch.device, micro: int, accum: int):
     """A closure running one optimizer step of `kind` (sft | danceopd | diffusionopd) on `micro` x `accum` samples."""
     x, cond = data
-    x, cond = x[:micro], cond[:micro]
+    x, cond = x[:micro].to(device), cond[:micro].to(device)  # resident, as the training stages keep it
     null = (torch.zeros(TEXT_TOKENS, TEXT_DIM), torch.zeros(TEXT_DIM))
     if kind == "sft":
         step_fn = sft.flow_matching_step("logit_normal", 0.1, 0.05, null, device)
@@ -100,7 +100,7 @@ def step_runner(kind: str, model, forward, teacher, data, device: torch.device, 
                                  weighting="mean" if k == 1 else "diffusionopd", states="on_policy")
         step_fn = distill.distill_step(teacher, method, 3.0, device)
     opt = torch.optim.AdamW(model.parameters(), lr=1e-4, fused=device.type == "cuda")
-    gen = torch.Generator().manual_seed(0)
+    gen = torch.Generator(device).manual_seed(0)  # noise drawn on the device, as in `fit`
 
     def run():
         opt.zero_grad(set_to_none=True)

@@ -9,7 +9,8 @@ convention of `pipeline.data.shards`) and a `Cond`. Each row carries its ``task`
 that teacher's routes, `pipeline.core.teacher`), a separate column: the realism bucket's rows are
 T2I tasks on their own route.
 
-`random_batches` is the stream SFT iterates: rows drawn with replacement from a `torch.Generator`,
+`random_batches` is the stream SFT iterates: rows drawn with replacement from a `torch.Generator`
+(on the generator's device: a set moved to the GPU with `TensorSet.to` gives batches with no copy),
 uniformly or by per-row weights; `routed_batches` the stream distillation iterates, with its
 routes drawn per sample, per optimizer step, or all in every step. Both draw lazily, one batch
 per `next`, so a training loop that checkpoints the generator checkpoints the stream too.
@@ -57,6 +58,12 @@ class TensorSet:
     def text_dim(self) -> int:
         return self.text_table.shape[-1]
 
+    def to(self, device: torch.device | str) -> TensorSet:
+        """This set with every tensor on `device`: training keeps the small world resident on the GPU."""
+        moved = {k: None if (v := getattr(self, k)) is None else v.to(device)
+                 for k in ("image", "source", "has_source", "prompt", "text_table", "pooled_table", "task", "route")}
+        return TensorSet(**moved, records=self.records)
+
     def batch(self, idx: Tensor) -> Batch:
         """Images (B, 3, H, W) in [-1, 1] and their condition, for the indices `idx`."""
         x = self.image[idx].float() / 127.5 - 1.0
@@ -100,10 +107,10 @@ def load_tensors(root: str | Path, buckets: list[str], split: str, embeddings: E
 
 
 def draw_rows(n: int, batch: int, generator: torch.Generator, weights: Tensor | None = None) -> Tensor:
-    """(batch,) row indices drawn with replacement: uniform, or by the per-row weights."""
+    """(batch,) row indices drawn with replacement, uniform or by the per-row weights, on the generator's device."""
     if weights is None:
-        return torch.randint(n, (batch,), generator=generator)
-    return torch.multinomial(weights, batch, replacement=True, generator=generator)
+        return torch.randint(n, (batch,), generator=generator, device=generator.device)
+    return torch.multinomial(weights.to(generator.device), batch, replacement=True, generator=generator)
 
 
 def random_batches(data: TensorSet, batch_size: int, generator: torch.Generator,
@@ -153,10 +160,11 @@ def routed_batches(data: TensorSet, batch_size: int, generator: torch.Generator,
         raise ValueError(f"routed_batches: routes {empty} have a weight but no rows")
     if per == "sample":
         counts = torch.tensor([len(r) for r in rows], dtype=torch.float64).clamp(min=1)
-        row_weights = (w / counts)[data.route]  # (N,)
+        row_weights = (w / counts).to(data.route.device)[data.route]  # (N,)
         yield from random_batches(data, batch_size, generator, row_weights)
     elif per == "step":
-        while True:
+        w = w.to(generator.device)
+        while True:  # one host-device sync per optimizer step on a GPU: the route's rows are chosen on the host
             route = int(torch.multinomial(w, 1, generator=generator))
             for _ in range(accum):
                 yield data.batch(rows[route][draw_rows(len(rows[route]), batch_size, generator)])

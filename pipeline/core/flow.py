@@ -53,12 +53,13 @@ def sample_t(
     std: float = 1.0,
     generator: torch.Generator | None = None,
 ) -> Tensor:
-    """Draw n training times (n,) in [0, 1]: SD3's logit-normal(mean, std) or uniform."""
+    """Draw n training times (n,) in [0, 1]: SD3's logit-normal(mean, std) or uniform, on the generator's device."""
+    device = None if generator is None else generator.device
     if mode == "logit_normal":
         # SD3 (Esser et al. 2024, §3.1): mid-path times get the most weight.
-        return torch.sigmoid(mean + std * torch.randn(n, generator=generator))
+        return torch.sigmoid(mean + std * torch.randn(n, generator=generator, device=device))
     if mode == "uniform":
-        return torch.rand(n, generator=generator)
+        return torch.rand(n, generator=generator, device=device)
     raise ValueError(f"sample_t: unknown mode {mode!r}; expected 'logit_normal' or 'uniform'")
 
 

@@ -20,6 +20,7 @@ and the query and K ablations are all the same code; `train_student` runs one fo
 from __future__ import annotations
 
 import dataclasses
+import functools
 from collections.abc import Callable, Iterator, Sequence
 from pathlib import Path
 
@@ -43,15 +44,17 @@ def query_indices(n_states: int, batch: int, k: int, query: str,
                   generator: torch.Generator | None = None) -> Tensor:
     """(batch, k) long rollout indices, floor(n_states u) with u ~ the query's Beta; distinct, sorted per row.
 
-    For k > 1 a row takes the first k distinct values of up to 50 k draws (the reference's
-    resampling), then random unused indices if that budget ran out.
+    Drawn on the generator's device. For 1 < k < n_states a row takes the first k distinct values
+    of up to 50 k draws (the reference's resampling), then random unused indices if that budget ran
+    out: host-side work, a device sync per step on a GPU (the K ablation only).
     """
+    device = None if generator is None else generator.device
     if query not in QUERY_BETA:
         raise ValueError(f"distill.query: expected one of {list(QUERY_BETA)}, got {query!r}")
     if not 1 <= k <= n_states:
         raise ValueError(f"distill.queries: {k} queries need 1..{n_states} rollout states")
     if k == n_states:  # every state: nothing to draw
-        return torch.arange(n_states).expand(batch, k).clone()
+        return torch.arange(n_states, device=device).expand(batch, k).clone()
     if k == 1:
         return _beta_indices(n_states, (batch, 1), query, generator)
     draws = _beta_indices(n_states, (batch, RETRIES * k), query, generator)  # (B, 50K)
@@ -60,22 +63,34 @@ def query_indices(n_states: int, batch: int, k: int, query: str,
         chosen = list(dict.fromkeys(row))[:k]  # first occurrences, in draw order
         if len(chosen) < k:
             unused = [i for i in range(n_states) if i not in chosen]
-            chosen += [unused[i] for i in torch.randperm(len(unused), generator=generator)[:k - len(chosen)]]
+            chosen += [unused[i] for i in torch.randperm(len(unused), generator=generator, device=device)
+                       [:k - len(chosen)].tolist()]
         rows.append(sorted(chosen))
-    return torch.tensor(rows, dtype=torch.long)  # (B, K)
+    return torch.tensor(rows, dtype=torch.long, device=device)  # (B, K)
 
 
 def _beta_indices(n_states: int, shape: tuple[int, int], query: str, generator) -> Tensor:
     """floor(n_states u), u ~ Beta(a, b) as the a-th smallest of a + b - 1 uniforms (integer a, b)."""
     a, b = QUERY_BETA[query]
-    u = torch.rand(*shape, a + b - 1, generator=generator).sort(dim=-1).values[..., a - 1]  # shape
+    device = None if generator is None else generator.device
+    u = torch.rand(*shape, a + b - 1, generator=generator, device=device).sort(dim=-1).values[..., a - 1]  # shape
     return (u * n_states).long().clamp_(max=n_states - 1)
 
 
-@torch.no_grad()
+@functools.cache
+def _grid(steps: int, shift: float, device: torch.device) -> Tensor:
+    """`flow.time_grid` on `device`, made once (a copy to the GPU in every step would sync it)."""
+    return flow.time_grid(steps, shift).to(device)
+
+
+@torch.inference_mode()
 def rollout(student: nn.Module | Field, noise: Tensor, cond: Cond, steps: int, shift: float) -> flow.Trajectory:
-    """The student's own unguided Euler trajectory from ``noise``, batched, with no grad (stop-gradient)."""
-    grid = flow.time_grid(steps, shift).to(noise.device)  # (R + 1,) from 1 to exactly 0
+    """The student's own unguided Euler trajectory from ``noise``, batched, with no grad (stop-gradient).
+
+    Under inference mode: the states are inference tensors, which an index outside it copies into
+    ordinary ones (`query_states`).
+    """
+    grid = _grid(steps, shift, noise.device)  # (R + 1,) from 1 to exactly 0
     return flow.euler_sample(student, noise, cond, grid, keep_states=True)  # states (R, B, C, H, W)
 
 
@@ -86,19 +101,19 @@ def query_states(student: nn.Module, x: Tensor, cond: Cond, method, shift: float
     On-policy: the student's own rollout states at the drawn indices; off-policy: the data
     forward-noised with fresh noise to the same t. Draws the indices, then the noise, from ``gen``.
     """
-    b, R, K = len(x), method.rollout_steps, method.queries
-    idx = query_indices(R, b, K, method.query, gen)  # (B, K)
-    owner = torch.arange(b).repeat_interleave(K)  # (B*K,) the sample of each query
-    t = flow.time_grid(R, shift)[idx.flatten()].to(device)  # (B*K,)
+    b, R, K, on = len(x), method.rollout_steps, method.queries, gen.device
+    idx = query_indices(R, b, K, method.query, gen).flatten().to(device)  # (B*K,)
+    owner = torch.arange(b, device=device).repeat_interleave(K)  # (B*K,) the sample of each query
+    t = _grid(R, shift, device)[idx]  # (B*K,)
     if method.states == "on_policy":
-        noise = torch.randn(x.shape, generator=gen).to(device)  # (B, C, H, W)
+        noise = torch.randn(x.shape, generator=gen, device=on).to(device)  # (B, C, H, W)
         trajectory = rollout(student, noise, cond.to(device), R, shift)  # states (R, B, C, H, W)
-        return trajectory.states[idx.flatten().to(device), owner.to(device)], t, owner  # (B*K, C, H, W)
-    noise = torch.randn((b * K, *x.shape[1:]), generator=gen).to(device)  # (B*K, C, H, W)
-    return flow.interpolate(x[owner].to(device), noise, t), t, owner  # (B*K, C, H, W)
+        return trajectory.states[idx, owner], t, owner  # (B*K, C, H, W)
+    noise = torch.randn((b * K, *x.shape[1:]), generator=gen, device=on).to(device)  # (B*K, C, H, W)
+    return flow.interpolate(x.to(device)[owner], noise, t), t, owner  # (B*K, C, H, W)
 
 
-@torch.no_grad()
+@torch.inference_mode()
 def routed_target(teacher: Field, x_t: Tensor, t: Tensor, cond: Cond) -> Tensor:
     """The teacher's velocity at the query states: a fixed target, no graph whatever the teacher wraps."""
     return teacher(x_t, t, cond).detach().float()  # (B*K, C, H, W)
@@ -132,7 +147,7 @@ def distill_step(teacher: Field, method, shift: float, device: torch.device) -> 
 def relabelled(batches: Iterator[Batch], route_of: Callable[[Cond], Tensor]) -> Iterator[Batch]:
     """The batches with each sample's route replaced by ``route_of(cond)`` (e.g. a router's prediction)."""
     for x, cond in batches:
-        yield x, dataclasses.replace(cond, route=route_of(cond).to("cpu", torch.long))
+        yield x, dataclasses.replace(cond, route=route_of(cond).to(torch.long))
 
 
 def router_routes(router: Router, routes: Sequence[teacher.Route]) -> Callable[[Cond], Tensor]:
@@ -144,8 +159,9 @@ def router_routes(router: Router, routes: Sequence[teacher.Route]) -> Callable[[
     predicted = torch.tensor([any(b in router.classes for b in r.buckets) for r in routes])  # (n_routes,)
 
     def route_of(cond: Cond) -> Tensor:
-        guess = task_route[router.route(cond).cpu()]  # (B,), -1 where the setting has no such route
-        return torch.where(predicted[cond.route] & (guess >= 0), guess, cond.route)
+        on = cond.route.device
+        guess = task_route.to(on)[router.route(cond).to(on)]  # (B,), -1 where the setting has no such route
+        return torch.where(predicted.to(on)[cond.route] & (guess >= 0), guess, cond.route)
 
     return route_of
 
@@ -163,11 +179,11 @@ def train_student(method, setting, fields, routing, train, shift: float, compute
     sources = checkpoint.source_folders(base, experts, [r.source for r in routes] + [method.init])
     target_field = teacher.load_teacher(routes, sources, device, method.routing_mode,
                                         fields.guidance_scale if fields.absorb_guidance else None, null, weights)
-    tensors = data.tensors(teacher.buckets(routes), "train", route_of_bucket=teacher.route_index(routes))
-    rng = torch.Generator().manual_seed(seed)
+    tensors = data.tensors(teacher.buckets(routes), "train", route_of_bucket=teacher.route_index(routes)).to(device)
+    rng = torch.Generator(device).manual_seed(seed)  # rows, noise and query indices are drawn on the device
     batches = routed_batches(tensors, method.batch_size, rng, weights, method.routing_per, method.grad_accum)
     if routing.source == "router":
-        batches = relabelled(batches, router_routes(Router.load(router_dir), routes))
+        batches = relabelled(batches, router_routes(Router.load(router_dir).to(device), routes))
     student = backbone.load(sources[method.init])
     micro = method.grad_accum * (len(routes) if method.routing_per == "all" else 1)  # "all": each route each step
     loop = Loop(steps=method.steps, lr=method.lr, weight_decay=train.weight_decay, grad_clip=train.grad_clip,

@@ -5,10 +5,14 @@ A step function is a pure loss ``step_fn(model, batch, generator) -> scalar`` of
 functions. ``batches`` is an iterator of batches (`pipeline.core.batches.random_batches`). The
 loop owns everything around the loss: AdamW with a warm-up and optional cosine decay, gradient
 accumulation over ``grad_accum`` micro-batches, gradient clipping, optional EMA (with warm-up),
-bf16 autocast on CUDA, optional
-``torch.compile`` of the forward, a NaN/inf guard (the stage fails instead of saving a broken
-model), a progress bar, logging, and a checkpoint every ``checkpoint_every`` steps from which a
-killed stage resumes (`pipeline.core.checkpoint`).
+bf16 autocast and fused AdamW on CUDA, optional ``torch.compile`` of the forward, a NaN/inf guard
+(the stage fails instead of saving a broken model), a progress bar, logging, and a checkpoint
+every ``checkpoint_every`` steps from which a killed stage resumes (`pipeline.core.checkpoint`).
+
+No step waits for the device: the loss is summed on the device and read, with the NaN/inf
+guard, only every ``log_every`` steps, before a checkpoint and at the end (on a GPU, a read per
+step would stall the queue of kernels each time). The batches and ``rng`` live on the training
+device, so nothing is copied in either (`pipeline.core.batches`).
 
 Randomness: the step draws its noise, times and dropout from ``rng``, and the batch stream draws
 its rows from the same generator, lazily. The loop checkpoints ``rng`` (and the stream's
@@ -118,7 +122,8 @@ def fit(model: nn.Module, step_fn: StepFn, batches: Iterator[Batch], loop: Loop,
     """Train `model` for `loop.steps` optimizer steps of `step_fn` over `batches`."""
     model.to(device).train()
     forward = torch.compile(model) if loop.compile else model  # the uncompiled module is what gets saved
-    opt = torch.optim.AdamW(model.parameters(), lr=loop.lr, weight_decay=loop.weight_decay)
+    opt = torch.optim.AdamW(model.parameters(), lr=loop.lr, weight_decay=loop.weight_decay,
+                            fused=device.type == "cuda")  # one kernel per step; the CPU keeps the default
     schedule = torch.optim.lr_scheduler.LambdaLR(opt, lambda step: lr_factor(step, loop))
     ema = EMA(model, loop.ema)
     progress = {"step": 0, "history": []}
@@ -127,18 +132,22 @@ def fit(model: nn.Module, step_fn: StepFn, batches: Iterator[Batch], loop: Loop,
     bar = tqdm(total=loop.steps, initial=progress["step"], mininterval=5.0, desc=name, unit="step")
     tic = start = time.perf_counter()
     window, seen, total_seen = [], 0, 0
+
+    def guard() -> None:  # the only reads of the loss: a NaN/inf in this window stops the stage
+        if window and not math.isfinite(total := float(sum(window))):
+            checkpoint.finish(work)  # resuming would replay it: the saved state goes too
+            first = progress["step"] - len(window)
+            raise FloatingPointError(f"{name}: loss is {total} in steps {first}..{progress['step'] - 1}; stopping")
+
     while progress["step"] < loop.steps:
         opt.zero_grad(set_to_none=True)
-        loss_sum = 0.0
+        loss_sum = torch.zeros((), dtype=torch.float64, device=device)  # float64: the sum a Python float gave
         for _ in range(loop.grad_accum):
             batch = next(batches)
             with compute.autocast(device):
                 loss = step_fn(forward, batch, rng)
-            if not torch.isfinite(loss):  # resuming would replay it: the saved state goes too
-                checkpoint.finish(work)
-                raise FloatingPointError(f"{name}: loss is {loss.item()} at step {progress['step']}; stopping")
             (loss / loop.grad_accum).backward()
-            loss_sum += loss.item() / loop.grad_accum
+            loss_sum += loss.detach().double() / loop.grad_accum
             seen += len(batch[0])
         grad_norm = nn.utils.clip_grad_norm_(model.parameters(), loop.grad_clip)
         opt.step()
@@ -148,7 +157,8 @@ def fit(model: nn.Module, step_fn: StepFn, batches: Iterator[Batch], loop: Loop,
         window.append(loss_sum)
         bar.update(1)
         if progress["step"] % loop.log_every == 0 or progress["step"] == loop.steps:
-            row = {"step": progress["step"], "loss": sum(window) / len(window), "grad_norm": float(grad_norm)}
+            guard()
+            row = {"step": progress["step"], "loss": float(sum(window)) / len(window), "grad_norm": float(grad_norm)}
             extra = {"samples_per_s": seen / (time.perf_counter() - tic), "lr": schedule.get_last_lr()[0]}
             progress["history"].append(row)
             bar.set_postfix(loss=f"{row['loss']:.4f}")
@@ -156,6 +166,7 @@ def fit(model: nn.Module, step_fn: StepFn, batches: Iterator[Batch], loop: Loop,
                 on_log(progress["step"], row | extra)
             tic, window, total_seen, seen = time.perf_counter(), [], total_seen + seen, 0
         if progress["step"] % loop.checkpoint_every == 0 and progress["step"] < loop.steps:
+            guard()
             _save(work, run_id, model, opt, schedule, ema, rng, batches, progress)
     bar.close()
     return Fit(ema.final(model).eval(), progress["history"], time.perf_counter() - start, total_seen + seen)

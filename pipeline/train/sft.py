@@ -57,24 +57,25 @@ def flow_matching_step(t_sampling: str, drop_text: float, drop_source: float, nu
 
     A ``*_shifted`` t sampling moves t by the SD3 ``shift`` of the sampling grid (`flow.shift_time`).
     """
-    null_text, null_pooled = null  # (L, D), (D,)
+    null_text, null_pooled = (v.to(device) for v in null)  # (L, D), (D,)
     density, shifted = t_sampling.removesuffix("_shifted"), t_sampling.endswith("_shifted")
 
     def step(model: nn.Module, batch: Batch, gen: torch.Generator) -> Tensor:
-        x, cond = batch  # (B, 3, H, W)
-        b = len(x)
-        noise = torch.randn(x.shape, generator=gen)
+        x, cond = batch  # (B, 3, H, W), on the generator's device (no copy then) or the CPU
+        b, on = len(x), gen.device
+        noise = torch.randn(x.shape, generator=gen, device=on)
         t = flow.sample_t(b, density, generator=gen)  # (B,)
         if shifted:
             t = flow.shift_time(t, shift)
-        no_text = torch.rand(b, generator=gen) < drop_text  # (B,)
-        no_source = torch.rand(b, generator=gen) < drop_source
+        no_text = torch.rand(b, generator=gen, device=on) < drop_text  # (B,)
+        no_source = torch.rand(b, generator=gen, device=on) < drop_source
         cond = dataclasses.replace(  # the null condition CFG needs at sampling time
             cond, text=torch.where(no_text.view(-1, 1, 1), null_text, cond.text),
             pooled=torch.where(no_text.view(-1, 1), null_pooled, cond.pooled),
             source=torch.where(no_source.view(-1, 1, 1, 1), 0.0, cond.source))
-        v = model(flow.interpolate(x, noise, t).to(device), t.to(device), cond.to(device))
-        return F.mse_loss(v.float(), flow.target_velocity(x, noise).to(device))
+        x, noise, t, cond = x.to(device), noise.to(device), t.to(device), cond.to(device)
+        v = model(flow.interpolate(x, noise, t), t, cond)
+        return F.mse_loss(v.float(), flow.target_velocity(x, noise))
 
     return step
 
@@ -92,7 +93,7 @@ def train_model(plan: Plan, train, model_params, compute_params, *, data: Curate
     """Train the SFT model of `plan` (from `init`, or from scratch) on `data` and save it to `out`."""
     outputs.ensure_writable(out)
     device = compute.setup(compute_params)
-    tensors = data.tensors(plan.buckets, "train")
+    tensors = data.tensors(plan.buckets, "train").to(device)  # resident: a batch is a gather, not a copy
     model = backbone.load(init) if init else new_model(model_params, train.seed, tensors.image.shape[-1],
                                                         tensors.text_dim)
     r = plan.recipe
@@ -106,7 +107,7 @@ def train_model(plan: Plan, train, model_params, compute_params, *, data: Curate
               "drop_text": train.drop_text, "drop_source": train.drop_source, "seed": train.seed,
               "init": str(init) if init else  # a fine-tune's architecture is its init's; a new model's is params'
               {key: getattr(model_params, key) for key in ("preset", "patch_size", "pretrained")}}
-    rng = torch.Generator().manual_seed(train.seed)
+    rng = torch.Generator(device).manual_seed(train.seed)  # rows, noise, t and dropout are drawn on the device
     work = checkpoint.work_dir(out)
     result = fit(model, step, random_batches(tensors, train.batch_size, rng), loop, rng=rng, work=work,
                  run_id=checkpoint.fingerprint(recipe, _shard_digest(data.shards, plan.buckets)), device=device,
