@@ -1,5 +1,6 @@
 """pipeline.data (shards, curation, external ingest, embeddings) and pipeline.core.batches."""
 import hashlib
+import itertools
 import json
 from pathlib import Path
 
@@ -96,6 +97,59 @@ def test_a_truncated_or_damaged_shard_is_named(tmp_path):
     (tmp_path / shards.INDEX).unlink()
     with pytest.raises(shards.DataError, match="no index.json"):
         shards.read_records(tmp_path, "t2i", "train")
+
+
+def _stream_keys(root, n, **kw):
+    """The keys of the first `n` records of a stream over two buckets of two shards each."""
+    stream = shards.stream_records(root, ["t2i", "local_edit"], "train", shuffle_buffer=4, **kw)
+    return [r.key for r in itertools.islice(stream, n)]
+
+
+@pytest.fixture
+def four_shards(tmp_path):
+    """Four shards of two samples (two buckets of two shards); their keys."""
+    items = _write(tmp_path, "t2i", "train", 4, shard_size=2) + _write(tmp_path, "local_edit", "train", 4, shard_size=2)
+    return tmp_path, {rec["key"] for rec, _, _ in items}
+
+
+def test_each_rank_streams_its_own_shards_without_end(four_shards):
+    root, keys = four_shards
+    ranks = [_stream_keys(root, 12, seed=0, rank=rank, world_size=2) for rank in (0, 1)]
+    epochs = [[set(stream[i:i + 4]) for i in (0, 4, 8)] for stream in ranks]  # a rank's epoch: 2 shards, 4 samples
+    for first, *later in epochs:
+        assert len(first) == 4 and all(epoch == first for epoch in later)  # each epoch the same samples again
+    assert epochs[0][0].isdisjoint(epochs[1][0]) and epochs[0][0] | epochs[1][0] == keys
+    stream = shards.stream_records(root, ["local_edit"], "train", seed=0, shuffle_buffer=4, rank=0, world_size=2)
+    record = next(iter(stream))  # decoded as read_records decodes it
+    want = next(r for r in shards.read_records(root, "local_edit", "train") if r.key == record.key)
+    assert np.array_equal(record.image, want.image) and np.array_equal(record.source, want.source)
+    assert record.meta == want.meta
+
+
+def test_the_rank_comes_from_the_environment_when_not_given(four_shards, monkeypatch):
+    root, _ = four_shards
+    monkeypatch.setenv("RANK", "1")
+    monkeypatch.setenv("WORLD_SIZE", "2")  # as torchrun sets them
+    assert _stream_keys(root, 8, seed=0) == _stream_keys(root, 8, seed=0, rank=1, world_size=2)
+    with pytest.raises(ValueError, match="give both rank and world_size"):
+        shards.stream_records(root, ["t2i"], "train", seed=0, shuffle_buffer=4, rank=1)
+
+
+def test_dataloader_workers_split_the_shards(four_shards):
+    root, keys = four_shards
+    stream = shards.stream_records(root, ["t2i", "local_edit"], "train", seed=0, shuffle_buffer=4, rank=0, world_size=1)
+    loader = iter(torch.utils.data.DataLoader(stream, batch_size=None, num_workers=2))
+    epoch = [record.key for record in itertools.islice(loader, len(keys))]  # the workers take turns
+    del loader  # stops the workers of the endless stream
+    assert sorted(epoch) == sorted(keys)  # each sample once: no worker reads another's shards
+
+
+def test_the_same_seed_gives_the_same_stream(four_shards):
+    root, _ = four_shards
+    first = _stream_keys(root, 24, seed=7)
+    assert _stream_keys(root, 24, seed=7) == first
+    assert _stream_keys(root, 24, seed=8) != first
+    assert first[:8] != first[8:16]  # each epoch in its own order
 
 
 def test_manifest_schema_names_row_and_column(tmp_path):

@@ -6,27 +6,34 @@ A shard is `<shards>/<bucket>/<split>-NNNN.tar`; each sample in it holds
   `<key>.png`         the target image
   `<key>.src.png`     the source image (edits only)
   `<key>.json`        the sample record (world.Sample.to_dict() + bucket, split, uid)
-Tar members carry fixed metadata (mtime 0, fixed owner) and sorted names, and there are no
-floats in a shard (the prompts' embeddings are `pipeline.data.embeddings`), so the same params
-give byte-identical shards on any machine and DVC sees no spurious change. `index.json` beside the
+Shards are written by webdataset's `TarWriter` with fixed member metadata (`TAR_METADATA`: mtime 0,
+a fixed owner and mode; it adds a sample's members in sorted order), and there are no floats in a
+shard (the prompts' embeddings are `pipeline.data.embeddings`), so the same params give
+byte-identical shards on any machine and DVC sees no spurious change. `index.json` beside the
 buckets' folders counts each shard's samples: a shard truncated on a sample boundary, which tar
 reads without complaint, is caught by its count. External edit data (`pipeline.data.external`)
 becomes the bucket `external`.
+
+Two readers, both webdataset pipelines yielding `Record`s: `read_records` loads a bucket/split into
+memory, in order, each shard checked against `index.json` (the small world); `stream_records` is
+an endless, shuffled stream split across ranks and DataLoader workers, for data larger than memory.
 """
 from __future__ import annotations
 
 import io
+import itertools
 import json
 import os
 import tarfile
-from collections.abc import Iterator
 from dataclasses import dataclass
+from functools import partial
 from pathlib import Path
 
 import numpy as np
 import pandas as pd
 import pandera.pandas as pa
 import torch
+import webdataset as wds
 from PIL import Image
 
 from pipeline.data import world
@@ -35,6 +42,7 @@ EXTERNAL = "external"
 BUCKETS = world.BUCKETS + (EXTERNAL,)
 SPLITS = ("train", "test")
 INDEX = "index.json"  # shard (relative path) -> its number of samples
+TAR_METADATA = {"mtime": 0, "user": "danceopd", "group": "danceopd", "mode": 0o444}  # byte-stable members
 
 MANIFEST_SCHEMA = pa.DataFrameSchema(
     {
@@ -97,20 +105,12 @@ def to_uint8(x: torch.Tensor) -> np.ndarray:
 
 # --- writing ------------------------------------------------------------------------------------
 
-def _add(tar: tarfile.TarFile, name: str, payload: bytes) -> None:
-    info = tarfile.TarInfo(name)
-    info.size, info.mtime, info.mode = len(payload), 0, 0o444
-    info.uname = info.gname = "danceopd"
-    tar.addfile(info, io.BytesIO(payload))
-
-
-def _write_sample(tar: tarfile.TarFile, record: dict, image: np.ndarray, source: np.ndarray | None) -> None:
-    key = record["key"]
-    members = {"json": json.dumps(record, sort_keys=True).encode(), "png": png_bytes(image)}
+def _sample(record: dict, image: np.ndarray, source: np.ndarray | None) -> dict:
+    """A webdataset sample of already-encoded members (sorted JSON, PNGs)."""
+    sample = {"__key__": record["key"], "json": json.dumps(record, sort_keys=True).encode(), "png": png_bytes(image)}
     if source is not None:
-        members["src.png"] = png_bytes(source)
-    for ext in sorted(members):
-        _add(tar, f"{key}.{ext}", members[ext])
+        sample["src.png"] = png_bytes(source)
+    return sample
 
 
 def write_bucket(items: list[tuple[dict, np.ndarray, np.ndarray | None]], root: Path, bucket: str, split: str,
@@ -120,10 +120,11 @@ def write_bucket(items: list[tuple[dict, np.ndarray, np.ndarray | None]], root: 
     (root / bucket).mkdir(parents=True, exist_ok=True)
     for start in range(0, len(items), shard_size):
         shard = f"{bucket}/{split}-{start // shard_size:04d}.tar"
-        with tarfile.open(root / shard, "w", format=tarfile.USTAR_FORMAT) as tar:
-            for i in range(start, min(start + shard_size, len(items))):
-                record, image, source = items[i]
-                _write_sample(tar, record, image, source)
+        # A TarWriter per shard, not a ShardWriter: its `%` file-name pattern would misread a root
+        # containing `%`, and it creates its first shard on construction (an empty one, given no items).
+        with open(root / shard, "wb") as stream, wds.TarWriter(stream, encoder=False, **TAR_METADATA) as tar:
+            for record, image, source in items[start:start + shard_size]:
+                tar.write(_sample(record, image, source))
                 rows.append(_manifest_row(record, shard))
     return rows
 
@@ -172,39 +173,29 @@ def read_manifest(path: str | Path) -> pd.DataFrame:
 
 # --- reading ------------------------------------------------------------------------------------
 
-def _decode(members: dict[str, bytes]) -> Record:
-    meta = json.loads(members["json"])
-    load_png = lambda b: np.asarray(Image.open(io.BytesIO(b)).convert("RGB"))  # noqa: E731
+def _record(sample: dict) -> Record:
+    """A `Record` from a webdataset sample decoded with "rgb8" (JSON parsed, PNGs as uint8 arrays)."""
+    meta = sample["json"]
     return Record(
         key=meta["key"], bucket=meta["bucket"], split=meta["split"], task=meta["task"],
-        category=meta["category"], prompt=meta["prompt"], image=load_png(members["png"]),
-        source=load_png(members["src.png"]) if "src.png" in members else None, meta=meta,
+        category=meta["category"], prompt=meta["prompt"], image=sample["png"], source=sample.get("src.png"),
+        meta=meta,
     )
-
-
-def _members(path: Path) -> Iterator[dict[str, bytes]]:
-    """The members of each sample of a shard, grouped by key, in order."""
-    with tarfile.open(path) as tar:
-        current, members = None, {}
-        for info in tar:
-            key, ext = info.name.split(".", 1)
-            if key != current and members:
-                yield members
-                members = {}
-            current = key
-            members[ext] = tar.extractfile(info).read()
-        if members:
-            yield members
 
 
 def read_shard(path: str | Path, expected: int | None = None) -> list[Record]:
     """Decode the samples of one shard, in order; a damaged shard, or one without `expected`
     samples, is a `DataError` naming it."""
     path = Path(path)
+    # The whole shard in this process (no node or worker split); an empty one is for `expected` to judge.
+    dataset = wds.WebDataset([str(path)], shardshuffle=False, nodesplitter=None, workersplitter=None,
+                             empty_check=False)
     try:
-        records = [_decode(members) for members in _members(path)]
-    except (tarfile.TarError, OSError, KeyError, ValueError) as err:  # truncated tar, bad PNG or JSON
-        raise DataError(f"{path}: damaged shard ({type(err).__name__}: {err}); rerun `dvc repro curate` "
+        records = list(dataset.decode("rgb8").map(_record))
+    except (tarfile.TarError, OSError, KeyError, ValueError, wds.DecodingError) as err:  # truncated, bad PNG/JSON
+        reason = err.__cause__ or err  # webdataset wraps a member it cannot decode in a DecodingError...
+        detail = reason.args[0] if reason.args else ""  # ...and appends the stream and url to a tar error's args
+        raise DataError(f"{path}: damaged shard ({type(reason).__name__}: {detail}); rerun `dvc repro curate` "
                         f"or `dvc checkout`") from err
     if expected is not None and len(records) != expected:
         raise DataError(f"{path}: {len(records)} samples, but {INDEX} says {expected}: the shard is "
@@ -252,3 +243,27 @@ def read_records(root: str | Path, bucket: str, split: str) -> list[Record]:
     return [r for path in paths for r in read_shard(path, counts[path.relative_to(root).as_posix()])]
 
 
+def _split_by_rank(urls, rank: int, world_size: int):
+    """The shards of one rank: every `world_size`-th, from the `rank`-th."""
+    return itertools.islice(urls, rank, None, world_size)
+
+
+def stream_records(root: str | Path, buckets: list[str], split: str, *, seed: int, shuffle_buffer: int,
+                   rank: int | None = None, world_size: int | None = None) -> wds.WebDataset:
+    """An endless, shuffled stream of the `Record`s of `buckets`/`split`: a torch IterableDataset.
+
+    For data larger than memory, in multi-process training; the small world fits in memory, and
+    `read_records` loads it (checking each shard against `INDEX`, which a stream cannot). Each rank
+    reads every `world_size`-th shard from its `rank`-th (both given, or neither: then torchrun's
+    RANK/WORLD_SIZE, or torch.distributed's when initialised, or all shards), each DataLoader
+    worker a disjoint part of its rank's shards, so one epoch of every rank's workers sees each
+    sample once. Epochs repeat without end, each in its own shard order (`seed` and the epoch),
+    samples mixed in a buffer of `shuffle_buffer`; the same seed gives the same stream.
+    """
+    if (rank is None) != (world_size is None):
+        raise ValueError(f"give both rank and world_size, or neither (rank={rank}, world_size={world_size})")
+    urls = [str(path) for bucket in buckets for path in shard_paths(root, bucket, split)]
+    nodesplitter = wds.split_by_node if rank is None else partial(_split_by_rank, rank=rank, world_size=world_size)
+    dataset = wds.WebDataset(urls, shardshuffle=len(urls), detshuffle=True, seed=seed, nodesplitter=nodesplitter,
+                             workersplitter=wds.split_by_worker)
+    return dataset.shuffle(shuffle_buffer, seed=seed).decode("rgb8").map(_record).repeat()
