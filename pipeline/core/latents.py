@@ -1,0 +1,65 @@
+"""The VAE's latent space: the one place that knows how images become latents and back.
+
+Convention (diffusers' SD3 pipelines): an image in [-1, 1], (B, 3, H, W), encodes to
+``z = (mode(q(z | x)) - shift_factor) * scaling_factor``, (B, C, H/d, W/d) with
+d = 2 ** (len(block_out_channels) - 1); decoding inverts the scaling, ``vae.decode(z / scaling_factor +
+shift_factor)``, and clamps to [-1, 1]. Encoding takes the posterior's mode (its mean), not a sample,
+so one image always has one latent. ``scaling_factor`` and ``shift_factor`` come from the VAE's own
+config (SD3: 1.5305 and 0.0609); a config without a shift (SD1/SDXL-style) means 0.
+"""
+from __future__ import annotations
+
+from pathlib import Path
+
+import torch
+from diffusers import AutoencoderKL
+from torch import Tensor
+
+
+class Latents:
+    """A frozen AutoencoderKL with the scaling convention above; batched, without gradients."""
+
+    def __init__(self, folder: str | Path, device: str | torch.device = "cpu", batch_size: int = 16,
+                 dtype: torch.dtype = torch.float32):
+        folder = Path(folder)
+        if (folder / "vae" / "config.json").is_file():
+            folder = folder / "vae"  # a whole pipeline folder
+        if not (folder / "config.json").is_file():
+            raise FileNotFoundError(f"{folder}: not a local diffusers VAE folder (no config.json)")
+        self.vae = AutoencoderKL.from_pretrained(folder, local_files_only=True, dtype=dtype)
+        self.vae.to(device).eval().requires_grad_(False)
+        config = self.vae.config
+        self.scaling_factor = float(config.scaling_factor)
+        self.shift_factor = float(config.shift_factor or 0.0)
+        self.channels = int(config.latent_channels)
+        self.downsample = 2 ** (len(config.block_out_channels) - 1)
+        self.device, self.dtype, self.batch_size = torch.device(device), dtype, batch_size
+
+    @torch.no_grad()
+    def encode(self, images: Tensor) -> Tensor:
+        """Images (B, 3, H, W) in [-1, 1] -> latents (B, C, H/d, W/d) float32, on the images' device."""
+        if images.shape[-1] % self.downsample or images.shape[-2] % self.downsample:
+            raise ValueError(f"latents: image size {tuple(images.shape[-2:])} is not a multiple of {self.downsample}")
+        return self._batched(images, self._encode)
+
+    @torch.no_grad()
+    def decode(self, latents: Tensor) -> Tensor:
+        """Latents (B, C, h, w) -> images (B, 3, h*d, w*d) float32 in [-1, 1], on the latents' device."""
+        if latents.shape[1] != self.channels:
+            raise ValueError(f"latents: got {latents.shape[1]} channels, the VAE has {self.channels}")
+        return self._batched(latents, self._decode)
+
+    def _encode(self, x: Tensor) -> Tensor:
+        z = self.vae.encode(x).latent_dist.mode()  # (b, C, h, w)
+        return (z - self.shift_factor) * self.scaling_factor
+
+    def _decode(self, z: Tensor) -> Tensor:
+        x = self.vae.decode(z / self.scaling_factor + self.shift_factor).sample  # (b, 3, H, W)
+        return x.clamp(-1, 1)
+
+    def _batched(self, x: Tensor, fn) -> Tensor:
+        """fn over chunks of `batch_size` on the VAE's device; the result back on x's device as float32."""
+        if len(x) == 0:
+            raise ValueError("latents: empty batch")
+        out = [fn(chunk.to(self.device, self.dtype)).float().to(x.device) for chunk in x.split(self.batch_size)]
+        return torch.cat(out)

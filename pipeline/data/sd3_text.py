@@ -1,0 +1,109 @@
+"""The SD3-family text encoders of a local diffusers folder: CLIP-L, CLIP-G and (optionally) T5.
+
+Same interface as `pipeline.data.text.TextEncoder`, and exactly what diffusers'
+``StableDiffusion3Pipeline.encode_prompt`` gives for one image per prompt, without CFG:
+
+- `text` (CLIP_TOKENS + max_tokens, dim): the penultimate hidden states of CLIP-L (text_encoder) and
+  CLIP-G (text_encoder_2), concatenated on channels and zero-padded to T5's width, followed along
+  the sequence by T5's (text_encoder_3) last hidden states. CLIP_TOKENS is the first CLIP
+  tokenizer's model_max_length (77); max_tokens is T5's length (diffusers' max_sequence_length).
+  dim = T5's d_model (4096 for SD3); without a T5 the T5 part is zeros of width the transformer's
+  joint_attention_dim, as diffusers does when text_encoder_3 is None.
+- `pooled` (pooled_dim,): CLIP-L's and CLIP-G's projected text_embeds, concatenated (768 + 1280 = 2048
+  for SD3), so pooled_dim differs from dim.
+
+Unlike `TextEncoder`, padding positions are *not* zeroed: SD3 models were trained on diffusers'
+embeddings, in which both CLIPs and T5 run without an attention mask and every position carries a
+state. The empty prompt "" is the null text of CFG, as diffusers' default negative prompt.
+"""
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from pipeline.data.text import NULL_PROMPT
+
+
+class SD3TextEncoder:
+    """The frozen CLIP-L + CLIP-G (+ T5) encoders of `folder`, with an in-memory cache keyed by prompt."""
+
+    def __init__(self, folder: str | Path, max_tokens: int = 256, batch_size: int = 64,
+                 device: str | torch.device = "cpu", dtype: torch.dtype = torch.float32):
+        from transformers import AutoTokenizer, CLIPTextModelWithProjection, T5EncoderModel
+        from transformers.utils import logging as hf_logging
+
+        hf_logging.disable_progress_bar()
+        folder = Path(folder)
+        if not (folder / "text_encoder" / "config.json").is_file():
+            raise FileNotFoundError(f"{folder}: not a local SD3 diffusers folder (no text_encoder/config.json)")
+
+        def load(cls, name):
+            return cls.from_pretrained(folder / name, local_files_only=True, dtype=dtype).to(device).eval().requires_grad_(False)
+
+        def tokenizer(name):
+            return AutoTokenizer.from_pretrained(folder / name, local_files_only=True)
+
+        self.clip_tokenizers = [tokenizer("tokenizer"), tokenizer("tokenizer_2")]
+        self.clips = [load(CLIPTextModelWithProjection, "text_encoder"), load(CLIPTextModelWithProjection, "text_encoder_2")]
+        self.has_t5 = (folder / "text_encoder_3" / "config.json").is_file()
+        self.t5_tokenizer = tokenizer("tokenizer_3") if self.has_t5 else None
+        self.t5 = load(T5EncoderModel, "text_encoder_3") if self.has_t5 else None
+        self.clip_tokens = self.clip_tokenizers[0].model_max_length  # diffusers pads both CLIPs to this
+        self.max_tokens = max_tokens
+        self.length = self.clip_tokens + max_tokens  # L of `text`
+        self.dim = self.t5.config.d_model if self.has_t5 else _joint_attention_dim(folder)
+        self.pooled_dim = sum(clip.config.projection_dim for clip in self.clips)
+        self.batch_size, self.device = batch_size, torch.device(device)
+        self._cache: dict[str, tuple[np.ndarray, np.ndarray]] = {}
+
+    @torch.no_grad()
+    def _encode_batch(self, prompts: list[str]) -> tuple[np.ndarray, np.ndarray]:
+        clip_states, pooled = zip(*(self._clip(i, prompts) for i in range(2)))
+        clip_states = torch.cat(clip_states, dim=-1)  # (B, 77, D_L + D_G)
+        t5_states = self._t5(prompts)  # (B, max_tokens, D)
+        clip_states = torch.nn.functional.pad(clip_states, (0, t5_states.shape[-1] - clip_states.shape[-1]))  # (B, 77, D)
+        text = torch.cat([clip_states, t5_states], dim=-2)  # (B, L, D)
+        return text.float().cpu().numpy(), torch.cat(pooled, dim=-1).float().cpu().numpy()  # (B, L, D), (B, Dp)
+
+    def _clip(self, index: int, prompts: list[str]) -> tuple[torch.Tensor, torch.Tensor]:
+        """CLIP number `index`: penultimate hidden states (B, 77, D_i) and text_embeds (B, P_i)."""
+        ids = self.clip_tokenizers[index](prompts, padding="max_length", max_length=self.clip_tokens,
+                                          truncation=True, return_tensors="pt").input_ids
+        out = self.clips[index](ids.to(self.device), output_hidden_states=True)  # no attention mask, as diffusers
+        return out.hidden_states[-2], out.text_embeds
+
+    def _t5(self, prompts: list[str]) -> torch.Tensor:
+        """T5's last hidden states (B, max_tokens, D), or zeros without a T5."""
+        if not self.has_t5:
+            return torch.zeros(len(prompts), self.max_tokens, self.dim, device=self.device)
+        ids = self.t5_tokenizer(prompts, padding="max_length", max_length=self.max_tokens, truncation=True,
+                                add_special_tokens=True, return_tensors="pt").input_ids
+        return self.t5(ids.to(self.device))[0]  # no attention mask, as diffusers
+
+    def encode(self, prompts: list[str]) -> tuple[np.ndarray, np.ndarray]:
+        """(text (N, L, D), pooled (N, Dp)) float32 arrays; each distinct prompt is encoded once."""
+        todo = sorted(set(prompts) - set(self._cache))  # sorted: batches, hence bytes, are reproducible
+        for i in range(0, len(todo), self.batch_size):
+            chunk = todo[i:i + self.batch_size]
+            text, pooled = self._encode_batch(chunk)
+            self._cache.update({p: (text[j], pooled[j]) for j, p in enumerate(chunk)})
+        if not prompts:
+            return np.zeros((0, self.length, self.dim), np.float32), np.zeros((0, self.pooled_dim), np.float32)
+        text, pooled = zip(*(self._cache[p] for p in prompts))
+        return np.stack(text), np.stack(pooled)
+
+    def null(self) -> tuple[np.ndarray, np.ndarray]:
+        """The empty prompt's (text (L, D), pooled (Dp,)): the null condition of CFG."""
+        text, pooled = self.encode([NULL_PROMPT])
+        return text[0], pooled[0]
+
+
+def _joint_attention_dim(folder: Path) -> int:
+    """The transformer's text width: the width of the zeros that stand in for a missing T5."""
+    config = folder / "transformer" / "config.json"
+    if not config.is_file():
+        raise FileNotFoundError(f"{folder}: no text_encoder_3 and no transformer/config.json to size its zeros")
+    return int(json.loads(config.read_text())["joint_attention_dim"])
