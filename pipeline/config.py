@@ -294,6 +294,7 @@ class Compute(Section):
     device: Literal["auto", "cpu", "cuda"]  # auto: cuda when available
     threads: NonNegative  # torch intra-op threads; 0 = torch's default
     compile: bool
+    nproc: Positive  # training processes per stage (torchrun + DDP); 1 = a plain process
 
 
 class Config(Section):

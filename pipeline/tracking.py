@@ -163,6 +163,22 @@ class Run:
         shutil.copy(path, dest)
 
 
+def _writes() -> bool:
+    """Rank 0 of a multi-process stage, or a plain process (as `pipeline.core.compute.is_main`;
+    this module imports nothing from the pipeline)."""
+    return int(os.environ.get("RANK", "0")) == 0
+
+
+class SilentRun:
+    """The run of a process that does not write (rank > 0 of a multi-process stage): logs nothing."""
+
+    def log_metrics(self, metrics: dict[str, Any], step: int | None = None) -> None:
+        pass
+
+    def log_artifact(self, path: str | Path, name: str | None = None) -> None:
+        pass
+
+
 @contextlib.contextmanager
 def _tempdir() -> Iterator[str]:
     import tempfile
@@ -187,8 +203,11 @@ def run(stage: str, params=None, *, recipe: dict | None = None, model: str | Non
 
     `params`: the loaded config, logged whole; `recipe`: what this stage resolved; `model`: the
     model it trains or evaluates; `resume`: a training stage's checkpoint folder, where the run id
-    is kept so that a resumed stage continues its run.
+    is kept so that a resumed stage continues its run. Only rank 0 of a multi-process stage logs.
     """
+    if not _writes():
+        yield SilentRun()
+        return
     import mlflow
     from mlflow.tracking import MlflowClient
 
@@ -219,7 +238,9 @@ def run(stage: str, params=None, *, recipe: dict | None = None, model: str | Non
 
 
 def write_metrics(path: str | Path, metrics: dict[str, Any]) -> None:
-    """Write a DVC metrics JSON atomically (a failed stage never leaves half a file)."""
+    """Write a DVC metrics JSON atomically (a failed stage never leaves half a file); rank 0 only."""
+    if not _writes():
+        return
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     tmp = path.with_name(path.name + ".tmp")

@@ -5,7 +5,7 @@ import argparse
 from pathlib import Path
 
 from pipeline import config, tracking
-from pipeline.core import checkpoint
+from pipeline.core import checkpoint, compute
 from pipeline.core.batches import Curated
 from pipeline.train import distill
 
@@ -25,6 +25,7 @@ def main() -> None:
     args = parser.parse_args()
 
     params = config.load()
+    compute.relaunch(params.compute)  # compute.nproc > 1: this stage again, under torchrun
     setting, method = params.settings[args.setting], params.method(args.setting, args.method)
     if args.seed not in setting.seeds:
         raise SystemExit(f"settings.{args.setting}.seeds: {setting.seeds} has no seed {args.seed}")

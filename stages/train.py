@@ -8,7 +8,7 @@ import argparse
 from pathlib import Path
 
 from pipeline import config, tracking
-from pipeline.core import checkpoint
+from pipeline.core import checkpoint, compute
 from pipeline.core.batches import Curated
 from pipeline.train import sft
 
@@ -25,6 +25,7 @@ def main() -> None:
     args = parser.parse_args()
 
     params = config.load()
+    compute.relaunch(params.compute)  # compute.nproc > 1: this stage again, under torchrun
     setting = params.settings[args.setting] if args.setting else None
     plan = sft.plan(args.name, params.train, params.experts, setting)
     data = Curated.open(args.shards, args.embeddings)

@@ -4,7 +4,10 @@ A `TensorSet` holds one or more buckets in memory (uint8 images; the float16 tex
 their distinct prompts from the `pipeline.data.embeddings` store, once each: many rows share a
 prompt, and a row's embeddings would otherwise cost 6x its image) and
 turns row indices into a batch ``(x, cond)``: x (B, 3, H, W) float in [-1, 1] (the pixel
-convention of `pipeline.data.shards`) and a `Cond`. Each row carries its ``task`` (an index into
+convention of `pipeline.data.shards`) and a `Cond`. A set loaded in a VAE's latent space (the
+`Curated.space` of a model from ``model.pretrained``, `pipeline.core.latents`) holds its targets and
+sources encoded once, at load, as float latents instead, and its batches are those latents
+(B, C, h, w). Each row carries its ``task`` (an index into
 `world.TASKS`) and, when the set was loaded for a routed teacher, its ``route`` (an index into
 that teacher's routes, `pipeline.core.teacher`), a separate column: the realism bucket's rows are
 T2I tasks on their own route.
@@ -26,6 +29,7 @@ import torch
 from torch import Tensor
 
 from pipeline.core.fields import Cond
+from pipeline.core.latents import PIXELS, Space
 from pipeline.data import shards, world
 from pipeline.data.embeddings import Embeddings
 
@@ -36,8 +40,8 @@ Batch = tuple[Tensor, Cond]  # x (B, C, H, W) in [-1, 1], its condition
 class TensorSet:
     """Records of one or more buckets as stacked tensors, for drawing batches."""
 
-    image: Tensor  # (N, 3, H, W) uint8 targets
-    source: Tensor  # (N, 3, H, W) uint8 sources (anything for T2I rows: masked out)
+    image: Tensor  # (N, 3, H, W) uint8 targets, or (N, C, h, w) float latents
+    source: Tensor  # the same for the sources (anything for T2I rows: masked out)
     has_source: Tensor  # (N,) bool
     prompt: Tensor  # (N,) long: each row's row of the two tables below (rows share a prompt's embedding)
     text_table: Tensor  # (P, L, D) float16, one per distinct prompt
@@ -58,6 +62,10 @@ class TensorSet:
     def text_dim(self) -> int:
         return self.text_table.shape[-1]
 
+    @property
+    def pooled_dim(self) -> int:
+        return self.pooled_table.shape[-1]  # the text width, except for SD3's encoders
+
     def to(self, device: torch.device | str) -> TensorSet:
         """This set with every tensor on `device`: training keeps the small world resident on the GPU."""
         moved = {k: None if (v := getattr(self, k)) is None else v.to(device)
@@ -65,22 +73,39 @@ class TensorSet:
         return TensorSet(**moved, records=self.records)
 
     def batch(self, idx: Tensor) -> Batch:
-        """Images (B, 3, H, W) in [-1, 1] and their condition, for the indices `idx`."""
-        x = self.image[idx].float() / 127.5 - 1.0
+        """Images (B, 3, H, W) in [-1, 1] (or latents (B, C, h, w)) and their condition, for the indices `idx`."""
+        x = _unit(self.image[idx])
         keep = self.has_source[idx].view(-1, 1, 1, 1)  # (B, 1, 1, 1)
         # A T2I row's source is exactly 0.0, what the backbone feeds for `source=None`.
-        source = torch.where(keep, self.source[idx].float() / 127.5 - 1.0, 0.0)  # (B, 3, H, W)
+        source = torch.where(keep, _unit(self.source[idx]), 0.0)  # (B, 3, H, W)
         route = None if self.route is None else self.route[idx]
         rows = self.prompt[idx]
         return x, Cond(text=self.text_table[rows].float(), pooled=self.pooled_table[rows].float(), source=source,
                        route=route)
 
 
+def _unit(images: Tensor) -> Tensor:
+    """Stored images as the model's input: uint8 pixels scaled to [-1, 1]; latents (float) as they are."""
+    return images.float() / 127.5 - 1.0 if images.dtype == torch.uint8 else images
+
+
+def _encoded(pixels: Tensor, space: Space, rows: Tensor | None = None) -> Tensor:
+    """uint8 (N, 3, H, W) -> the space's float latents (N, C, H/d, W/d): of every row, or of `rows` (zeros elsewhere)."""
+    if rows is None:
+        return space.encode(_unit(pixels))
+    n, _, h, w = pixels.shape
+    out = torch.zeros(n, space.channels, h // space.downsample, w // space.downsample)
+    if rows.any():
+        out[rows] = space.encode(_unit(pixels[rows]))
+    return out
+
+
 def load_tensors(root: str | Path, buckets: list[str], split: str, embeddings: Embeddings, limit: int | None = None,
-                 route_of_bucket: Mapping[str, int] | None = None) -> TensorSet:
+                 route_of_bucket: Mapping[str, int] | None = None, space: Space = PIXELS) -> TensorSet:
     """Stack the records of `buckets` (the first `limit` of each, if given) with their prompts' embeddings.
 
-    `route_of_bucket` (bucket -> route index, `teacher.route_index`) fills the route column.
+    `route_of_bucket` (bucket -> route index, `teacher.route_index`) fills the route column. In a
+    VAE's `space` the targets and the edit sources are encoded here, once (pixels stay uint8).
     """
     records = [r for b in buckets for r in shards.read_records(root, b, split)[:limit]]
     prompts = sorted({r.prompt for r in records})
@@ -91,12 +116,16 @@ def load_tensors(root: str | Path, buckets: list[str], split: str, embeddings: E
         if unrouted := sorted({r.bucket for r in records} - set(route_of_bucket)):
             raise ValueError(f"load_tensors: no route takes the bucket(s) {unrouted}")
         route = torch.tensor([route_of_bucket[r.bucket] for r in records])
-    image = np.stack([r.image for r in records])
+    image = torch.from_numpy(np.stack([r.image for r in records])).permute(0, 3, 1, 2).contiguous()
     source = np.stack([r.source if r.source is not None else np.zeros_like(r.image) for r in records])
+    source = torch.from_numpy(source).permute(0, 3, 1, 2).contiguous()
+    has_source = torch.tensor([r.source is not None for r in records])
+    if space is not PIXELS:  # a VAE's latents, encoded once here (T2I rows' sources: zeros, masked out)
+        image, source = _encoded(image, space), _encoded(source, space, has_source)
     return TensorSet(
-        image=torch.from_numpy(image).permute(0, 3, 1, 2).contiguous(),
-        source=torch.from_numpy(source).permute(0, 3, 1, 2).contiguous(),
-        has_source=torch.tensor([r.source is not None for r in records]),
+        image=image,
+        source=source,
+        has_source=has_source,
         prompt=torch.tensor([row_of[r.prompt] for r in records]),
         text_table=torch.from_numpy(text),
         pooled_table=torch.from_numpy(pooled),
@@ -122,19 +151,25 @@ def random_batches(data: TensorSet, batch_size: int, generator: torch.Generator,
 
 @dataclass
 class Curated:
-    """The curated data a stage reads: the shards folder and its prompts' embeddings store."""
+    """The curated data a stage reads: the shards folder and its prompts' embeddings store, seen in a
+    model's space (pixels, or a VAE's latents: `pipeline.core.latents`)."""
 
     shards: Path
     embeddings: Embeddings
+    space: Space = PIXELS
 
     @classmethod
-    def open(cls, shards_dir: str | Path, embeddings_dir: str | Path) -> Curated:
-        return cls(Path(shards_dir), Embeddings.load(embeddings_dir))
+    def open(cls, shards_dir: str | Path, embeddings_dir: str | Path, space: Space = PIXELS) -> Curated:
+        return cls(Path(shards_dir), Embeddings.load(embeddings_dir), space)
+
+    def seen_in(self, space: Space) -> Curated:
+        """The same data, loaded in `space`."""
+        return Curated(self.shards, self.embeddings, space)
 
     def tensors(self, buckets: list[str], split: str, limit: int | None = None,
                 route_of_bucket: Mapping[str, int] | None = None) -> TensorSet:
-        """`load_tensors` of these shards and embeddings."""
-        return load_tensors(self.shards, buckets, split, self.embeddings, limit, route_of_bucket)
+        """`load_tensors` of these shards and embeddings, in this data's space."""
+        return load_tensors(self.shards, buckets, split, self.embeddings, limit, route_of_bucket, self.space)
 
     def null(self) -> tuple[Tensor, Tensor]:
         """The null text (L, D) and pooled (D,) embeddings (float32): the null condition of CFG."""
@@ -142,7 +177,7 @@ class Curated:
 
 
 def routed_batches(data: TensorSet, batch_size: int, generator: torch.Generator, weights: Sequence[float],
-                   per: str, accum: int = 1) -> Iterator[Batch]:
+                   per: str, accum: int = 1, route_generator: torch.Generator | None = None) -> Iterator[Batch]:
     """An endless stream of batches of a routed `data` (its `route` column set), routes drawn by `weights`.
 
     - ``sample``: every row drawn independently, its route with probability ∝ weights (routes mix in
@@ -151,6 +186,10 @@ def routed_batches(data: TensorSet, batch_size: int, generator: torch.Generator,
       and all `accum` micro-batches of that step come from its rows.
     - ``all``: every optimizer step holds one micro-batch of each route in turn (DiffusionOPD's and
       Flow-OPD's G = M: both buckets in every update); `accum` is then micro-batches per route.
+
+    ``step`` draws its route from `route_generator` (default: `generator`): one seeded alike in every
+    process of a multi-process run gives all of them the same route each step, as the reference's
+    broadcast from rank 0.
     """
     if data.route is None:
         raise ValueError("routed_batches: the data has no route column (load it with route_of_bucket)")
@@ -163,9 +202,10 @@ def routed_batches(data: TensorSet, batch_size: int, generator: torch.Generator,
         row_weights = (w / counts).to(data.route.device)[data.route]  # (N,)
         yield from random_batches(data, batch_size, generator, row_weights)
     elif per == "step":
-        w = w.to(generator.device)
-        while True:  # one host-device sync per optimizer step on a GPU: the route's rows are chosen on the host
-            route = int(torch.multinomial(w, 1, generator=generator))
+        route_generator = route_generator or generator
+        w = w.to(route_generator.device)
+        while True:  # a device generator syncs once per optimizer step here: the route's rows are chosen on the host
+            route = int(torch.multinomial(w, 1, generator=route_generator))
             for _ in range(accum):
                 yield data.batch(rows[route][draw_rows(len(rows[route]), batch_size, generator)])
     elif per == "all":

@@ -3,7 +3,8 @@
 A model folder is the backbone's diffusers folder (config.json + safetensors) and says how to use
 it: `scheduler/` (the diffusers `FlowMatchEulerDiscreteScheduler` config, with its shift),
 `sampling.json` (resolution, pixel range, time convention, how the edit source enters, the text
-encoder and its token length) and a `README.md` model card; plus `train_log.json`: what produced
+encoder and its token length, and for a model of a VAE's latent space the VAE: `latents`, read back
+by `space`) and a `README.md` model card; plus `train_log.json`: what produced
 it (its name, init and the resolved params its training read) and its loss history. Nothing in
 it is a timing or an absolute path, so it is a pure function of params, data and seed:
 an identical retrain writes identical bytes and DVC reruns nothing downstream. Timings go to
@@ -30,6 +31,8 @@ from typing import Any
 
 import torch
 
+from pipeline.core import compute
+from pipeline.core.latents import PIXELS, Latents, Space
 from pipeline.data.outputs import atomic_dir
 
 LOG = "train_log.json"
@@ -38,9 +41,13 @@ STATE = "checkpoint.pt"
 PREVIOUS = "checkpoint.prev.pt"  # the state before the last save
 
 
-def sampling_card(shift: float, resolution: int, text_encoder: dict) -> dict:
-    """How to sample a model: what `sampling.json` holds (DESIGN §2's conventions, as data)."""
-    return {
+def sampling_card(shift: float, resolution: int, text_encoder: dict, latents: dict | None = None) -> dict:
+    """How to sample a model: what `sampling.json` holds (DESIGN §2's conventions, as data).
+
+    `latents` (`Latents.card`: the VAE and its channels) for a model of a VAE's latent space;
+    `resolution` is the images' (pixels) either way.
+    """
+    return ({"latents": latents} if latents else {}) | {
         "scheduler": "FlowMatchEulerDiscreteScheduler (scheduler/), Euler from t=1 (noise) to t=0 (data)",
         "shift": shift, "resolution": resolution, "channels": 3,
         "pixels": "RGB, NCHW float in [-1, 1]",
@@ -51,9 +58,22 @@ def sampling_card(shift: float, resolution: int, text_encoder: dict) -> dict:
     }
 
 
+def space(folders, device: str | torch.device = "cpu") -> Space:
+    """The space the model folders' cards name (pixels, or a VAE's latents), one for all: an error if they differ."""
+    cards = {str(f): read_sampling(f).get("latents") for f in folders}
+    if len({json.dumps(c, sort_keys=True) for c in cards.values()}) != 1:
+        raise ValueError(f"models of different spaces cannot be combined (sampling.json: latents): {cards}")
+    card = next(iter(cards.values()))
+    return PIXELS if card is None else Latents(card["vae"], device)
+
+
 def save_model(model, out: Path, log: dict, sampling: dict) -> None:
-    """Write the model folder atomically: weights + config, scheduler, `SAMPLING`, model card, `LOG`."""
+    """Write the model folder atomically: weights + config, scheduler, `SAMPLING`, model card, `LOG`
+    (rank 0 of a multi-process run; the other processes hold the same weights)."""
     from diffusers import FlowMatchEulerDiscreteScheduler
+
+    if not compute.is_main():
+        return
 
     with atomic_dir(out) as tmp:
         model.save(tmp)
@@ -75,7 +95,16 @@ def _card(name: str, log: dict, sampling: dict) -> str:
     history = log.get("history") or []
     trained = (f"{history[-1]['step']} steps, final loss {history[-1]['loss']:.4f}" if history
                else "not trained (a weight merge)")
-    text = sampling["text_encoder"]
+    text, latents = sampling["text_encoder"], sampling.get("latents")
+    space = "" if latents is None else (
+        f"\n- x, the source and the velocity live in the latents of the VAE of `{latents['vae']}` "
+        f"({latents['channels']} channels, 1/{latents['downsample']} of the resolution)")
+    if "folder" in text:  # a pretrained model's own encoders (pipeline.data.sd3_text)
+        text_line = (f"the SD3 text encoders of `{text['folder']}` as diffusers' `encode_prompt` ({text['dim']} wide) "
+                     f"and their pooled\n  embedding ({text['pooled_dim']} wide); CFG's null text is the empty prompt")
+    else:
+        text_line = (f"`{text['encoder']}` token embeddings ({text['max_tokens']} tokens x {text['dim']}), padding "
+                     f"zeroed,\n  and their masked-mean pooled embedding; CFG's null text is the empty prompt")
     return f"""# {name}
 
 A flow-matching image model of the DanceOPD pipeline (diffusers `SD3Transformer2DModel`, velocity
@@ -91,12 +120,11 @@ python -m pipeline.generate --model <this folder> --task local_edit --image sour
 
 ## What it expects (`sampling.json`)
 
-- {sampling['resolution']}x{sampling['resolution']} pixels, {sampling['pixels']}
+- {sampling['resolution']}x{sampling['resolution']} pixels, {sampling['pixels']}{space}
 - {sampling['velocity']}
 - Euler sampling on the SD3-shifted grid, shift {sampling['shift']} (`scheduler/`)
 - {sampling['source']}
-- text: `{text['encoder']}` token embeddings ({text['max_tokens']} tokens x {text['dim']}), padding zeroed,
-  and their masked-mean pooled embedding; CFG's null text is the empty prompt
+- text: {text_line}
 """
 
 
@@ -117,8 +145,9 @@ def work_dir(out: Path) -> Path:
 
 
 def finish(work: Path) -> None:
-    """Drop the training state once the final output is in place."""
-    shutil.rmtree(work, ignore_errors=True)
+    """Drop the training state once the final output is in place (rank 0's to do)."""
+    if compute.is_main():
+        shutil.rmtree(work, ignore_errors=True)
 
 
 def save_state(work: Path, run_id: str, state: dict) -> None:

@@ -180,8 +180,11 @@ def train_student(method, setting, fields, routing, train, shift: float, compute
     target_field = teacher.load_teacher(routes, sources, device, method.routing_mode,
                                         fields.guidance_scale if fields.absorb_guidance else None, null, weights)
     tensors = data.tensors(teacher.buckets(routes), "train", route_of_bucket=teacher.route_index(routes)).to(device)
-    rng = torch.Generator(device).manual_seed(seed)  # rows, noise and query indices are drawn on the device
-    batches = routed_batches(tensors, method.batch_size, rng, weights, method.routing_per, method.grad_accum)
+    rank, processes = compute.world()  # each process draws its own rows, noise and query indices, on the device
+    rng = torch.Generator(device).manual_seed(seed + rank)
+    route_rng = rng if processes == 1 else torch.Generator().manual_seed(seed)  # all processes: one route a step
+    batches = routed_batches(tensors, compute.per_rank(method.batch_size, "distill.batch_size"), rng, weights,
+                             method.routing_per, method.grad_accum, route_generator=route_rng)
     if routing.source == "router":
         batches = relabelled(batches, router_routes(Router.load(router_dir).to(device), routes))
     student = backbone.load(sources[method.init])
@@ -194,7 +197,8 @@ def train_student(method, setting, fields, routing, train, shift: float, compute
               "routing": {"source": routing.source, "weights": weights}, "shift": shift, "seed": seed,
               "loop": dataclasses.asdict(loop)}
     work = checkpoint.work_dir(out)
-    result = fit(student, distill_step(target_field, method, shift, device), batches, loop, rng=rng, work=work,
+    result = fit(student, distill_step(target_field, method, shift, device), batches, loop,
+                 rng=rng if route_rng is rng else (rng, route_rng), work=work,
                  run_id=checkpoint.fingerprint(recipe), device=device, on_log=on_log)
     sampling = checkpoint.sampling_card(shift, tensors.image.shape[-1], data.embeddings.info)
     checkpoint.save_model(result.model, out, {"name": name, "recipe": recipe, "history": result.history}, sampling)

@@ -14,6 +14,12 @@ guard, only every ``log_every`` steps, before a checkpoint and at the end (on a 
 step would stall the queue of kernels each time). The batches and ``rng`` live on the training
 device, so nothing is copied in either (`pipeline.core.batches`).
 
+Under torchrun (`compute.nproc` > 1) the model is wrapped in DistributedDataParallel: each
+process trains on its own batches (its share of the global batch, from its own generators) and
+the gradients are averaged, so N processes take the steps of one process with the global batch;
+the logged loss is the mean over processes, and only rank 0 writes checkpoints (holding every
+rank's generators, so a resumed run with the same number of processes equals an uninterrupted one).
+
 Randomness: the step draws its noise, times and dropout from ``rng``, and the batch stream draws
 its rows from the same generator, lazily. The loop checkpoints ``rng`` (and the stream's
 ``state_dict()`` when it has one), so a resumed run equals an uninterrupted one and the same seed
@@ -21,6 +27,7 @@ gives the same weights on the CPU.
 """
 from __future__ import annotations
 
+import contextlib
 import copy
 import dataclasses
 import math
@@ -29,7 +36,9 @@ from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import torch
+import torch.distributed as dist
 from torch import Tensor, nn
+from torch.nn.parallel import DistributedDataParallel
 from tqdm import tqdm
 
 from pipeline.core import checkpoint, compute
@@ -117,24 +126,39 @@ def lr_factor(step: int, loop: Loop) -> float:
     return loop.min_lr_ratio + (1 - loop.min_lr_ratio) * 0.5 * (1 + math.cos(math.pi * min(1.0, progress)))
 
 
-def fit(model: nn.Module, step_fn: StepFn, batches: Iterator[Batch], loop: Loop, *, rng: torch.Generator,
-        work: Path, run_id: str, device: torch.device, on_log: Callable[[int, dict], None] | None = None) -> Fit:
-    """Train `model` for `loop.steps` optimizer steps of `step_fn` over `batches`."""
+def fit(model: nn.Module, step_fn: StepFn, batches: Iterator[Batch], loop: Loop, *,
+        rng: torch.Generator | tuple[torch.Generator, ...], work: Path, run_id: str, device: torch.device,
+        on_log: Callable[[int, dict], None] | None = None) -> Fit:
+    """Train `model` for `loop.steps` optimizer steps of `step_fn` over `batches`.
+
+    `rng`: the generator the step draws from, or a tuple whose first is that one and whose others
+    the stream also draws from (all are checkpointed).
+    """
+    rngs = rng if isinstance(rng, tuple) else (rng,)
+    rank, processes = compute.world()
     model.to(device).train()
-    forward = torch.compile(model) if loop.compile else model  # the uncompiled module is what gets saved
+    wrapped = model if processes == 1 else DistributedDataParallel(
+        model, device_ids=[device.index] if device.type == "cuda" else None, broadcast_buffers=False)
+    forward = torch.compile(wrapped) if loop.compile else wrapped  # the plain module is what gets saved
     opt = torch.optim.AdamW(model.parameters(), lr=loop.lr, weight_decay=loop.weight_decay,
                             fused=device.type == "cuda")  # one kernel per step; the CPU keeps the default
     schedule = torch.optim.lr_scheduler.LambdaLR(opt, lambda step: lr_factor(step, loop))
     ema = EMA(model, loop.ema)
     progress = {"step": 0, "history": []}
-    _resume(work, run_id, model, opt, schedule, ema, rng, batches, progress)
+    _resume(work, run_id, model, opt, schedule, ema, rngs, batches, progress)
     name = work.name.removesuffix(".partial")
-    bar = tqdm(total=loop.steps, initial=progress["step"], mininterval=5.0, desc=name, unit="step")
+    bar = tqdm(total=loop.steps, initial=progress["step"], mininterval=5.0, desc=name, unit="step", disable=rank > 0)
     tic = start = time.perf_counter()
     window, seen, total_seen = [], 0, 0
 
+    def mean_over_processes(total: Tensor) -> float:
+        if processes > 1:
+            dist.all_reduce(total)
+            total /= processes
+        return float(total)
+
     def guard() -> None:  # the only reads of the loss: a NaN/inf in this window stops the stage
-        if window and not math.isfinite(total := float(sum(window))):
+        if window and not math.isfinite(total := mean_over_processes(sum(window))):
             checkpoint.finish(work)  # resuming would replay it: the saved state goes too
             first = progress["step"] - len(window)
             raise FloatingPointError(f"{name}: loss is {total} in steps {first}..{progress['step'] - 1}; stopping")
@@ -142,11 +166,13 @@ def fit(model: nn.Module, step_fn: StepFn, batches: Iterator[Batch], loop: Loop,
     while progress["step"] < loop.steps:
         opt.zero_grad(set_to_none=True)
         loss_sum = torch.zeros((), dtype=torch.float64, device=device)  # float64: the sum a Python float gave
-        for _ in range(loop.grad_accum):
+        for micro in range(loop.grad_accum):
             batch = next(batches)
-            with compute.autocast(device):
-                loss = step_fn(forward, batch, rng)
-            (loss / loop.grad_accum).backward()
+            last = micro == loop.grad_accum - 1  # DDP averages the gradients once, after the last micro-batch
+            with contextlib.nullcontext() if last or processes == 1 else wrapped.no_sync():
+                with compute.autocast(device):
+                    loss = step_fn(forward, batch, rngs[0])
+                (loss / loop.grad_accum).backward()
             loss_sum += loss.detach().double() / loop.grad_accum
             seen += len(batch[0])
         grad_norm = nn.utils.clip_grad_norm_(model.parameters(), loop.grad_clip)
@@ -158,8 +184,9 @@ def fit(model: nn.Module, step_fn: StepFn, batches: Iterator[Batch], loop: Loop,
         bar.update(1)
         if progress["step"] % loop.log_every == 0 or progress["step"] == loop.steps:
             guard()
-            row = {"step": progress["step"], "loss": float(sum(window)) / len(window), "grad_norm": float(grad_norm)}
-            extra = {"samples_per_s": seen / (time.perf_counter() - tic), "lr": schedule.get_last_lr()[0]}
+            row = {"step": progress["step"], "loss": mean_over_processes(sum(window)) / len(window),
+                   "grad_norm": float(grad_norm)}
+            extra = {"samples_per_s": processes * seen / (time.perf_counter() - tic), "lr": schedule.get_last_lr()[0]}
             progress["history"].append(row)
             bar.set_postfix(loss=f"{row['loss']:.4f}")
             if on_log:
@@ -167,27 +194,39 @@ def fit(model: nn.Module, step_fn: StepFn, batches: Iterator[Batch], loop: Loop,
             tic, window, total_seen, seen = time.perf_counter(), [], total_seen + seen, 0
         if progress["step"] % loop.checkpoint_every == 0 and progress["step"] < loop.steps:
             guard()
-            _save(work, run_id, model, opt, schedule, ema, rng, batches, progress)
+            _save(work, run_id, model, opt, schedule, ema, rngs, batches, progress)
     bar.close()
-    return Fit(ema.final(model).eval(), progress["history"], time.perf_counter() - start, total_seen + seen)
+    samples = processes * (total_seen + seen)
+    return Fit(ema.final(model).eval(), progress["history"], time.perf_counter() - start, samples)
 
 
-def _save(work: Path, run_id: str, model, opt, schedule, ema: EMA, rng, batches, progress: dict) -> None:
-    checkpoint.save_state(work, run_id, {
-        "model": model.state_dict(), "optimizer": opt.state_dict(), "schedule": schedule.state_dict(),
-        "ema": ema.state_dict(), "generator": rng.get_state(),
-        "batches": batches.state_dict() if hasattr(batches, "state_dict") else None, "progress": progress})
+def _save(work: Path, run_id: str, model, opt, schedule, ema: EMA, rngs, batches, progress: dict) -> None:
+    """Rank 0 writes the state, with every rank's generators (a list per rank)."""
+    generators = [[g.get_state() for g in rngs]]
+    if compute.world()[1] > 1:
+        generators = [None] * compute.world()[1]
+        dist.all_gather_object(generators, [g.get_state() for g in rngs])
+    if compute.world()[0] == 0:
+        checkpoint.save_state(work, run_id, {
+            "model": model.state_dict(), "optimizer": opt.state_dict(), "schedule": schedule.state_dict(),
+            "ema": ema.state_dict(), "generators": generators,
+            "batches": batches.state_dict() if hasattr(batches, "state_dict") else None, "progress": progress})
 
 
-def _resume(work: Path, run_id: str, model, opt, schedule, ema: EMA, rng, batches, progress: dict) -> None:
+def _resume(work: Path, run_id: str, model, opt, schedule, ema: EMA, rngs, batches, progress: dict) -> None:
     state = checkpoint.load_state(work, run_id)
     if state is None:
+        return
+    rank, processes = compute.world()
+    if len(state["generators"]) != processes:
+        print(f"{work / checkpoint.STATE}: saved by {len(state['generators'])} processes, not {processes}; starting afresh")
         return
     model.load_state_dict(state["model"])
     opt.load_state_dict(state["optimizer"])
     schedule.load_state_dict(state["schedule"])
     ema.load_state_dict(state["ema"])
-    rng.set_state(state["generator"])
+    for g, saved in zip(rngs, state["generators"][rank], strict=True):
+        g.set_state(saved)
     if state["batches"] is not None:
         batches.load_state_dict(state["batches"])
     progress.update(state["progress"])

@@ -107,9 +107,11 @@ def train_model(plan: Plan, train, model_params, compute_params, *, data: Curate
               "drop_text": train.drop_text, "drop_source": train.drop_source, "seed": train.seed,
               "init": str(init) if init else  # a fine-tune's architecture is its init's; a new model's is params'
               {key: getattr(model_params, key) for key in ("preset", "patch_size", "pretrained")}}
-    rng = torch.Generator(device).manual_seed(train.seed)  # rows, noise, t and dropout are drawn on the device
+    rank = compute.world()[0]  # each process draws its own rows, noise, t and dropout, on the device
+    rng = torch.Generator(device).manual_seed(train.seed + rank)
+    batches = random_batches(tensors, compute.per_rank(train.batch_size, "train.batch_size"), rng)
     work = checkpoint.work_dir(out)
-    result = fit(model, step, random_batches(tensors, train.batch_size, rng), loop, rng=rng, work=work,
+    result = fit(model, step, batches, loop, rng=rng, work=work,
                  run_id=checkpoint.fingerprint(recipe, _shard_digest(data.shards, plan.buckets)), device=device,
                  on_log=on_log)
     sampling = checkpoint.sampling_card(model_params.shift, tensors.image.shape[-1], data.embeddings.info)
