@@ -85,13 +85,15 @@ def build_teacher(models: Mapping[str, nn.Module], routes: Sequence[str], mode: 
 
 def load_teacher(routes: Sequence[Route], sources: Mapping[str, Path], device: torch.device, mode: str = "hard",
                  guidance: float | None = None, null: tuple[Tensor, Tensor] | None = None,
-                 weights: Sequence[float] | None = None) -> Field:
-    """`build_teacher` over the source checkpoints (name -> folder), each loaded once."""
+                 weights: Sequence[float] | None = None, compile: bool = False) -> Field:
+    """`build_teacher` over the source checkpoints (name -> folder), each loaded once (and with
+    `compile`, `compute.compile`, each frozen model compiled once)."""
     loaded: dict[str, nn.Module] = {}
     for r in routes:
         if r.source not in sources:
             raise ValueError(f"route {r.name}: no checkpoint for source {r.source!r} (have {sorted(sources)})")
         if r.source not in loaded:
-            loaded[r.source] = backbone.load(sources[r.source]).to(device)
+            model = backbone.load(sources[r.source]).to(device)
+            loaded[r.source] = torch.compile(model) if compile else model
     return build_teacher({r.name: loaded[r.source] for r in routes}, [r.name for r in routes], mode, guidance, null,
                          weights)

@@ -178,7 +178,8 @@ def train_student(method, setting, fields, routing, train, shift: float, compute
     weights = [routing.weights[r.name] for r in routes]
     sources = checkpoint.source_folders(base, experts, [r.source for r in routes] + [method.init])
     target_field = teacher.load_teacher(routes, sources, device, method.routing_mode,
-                                        fields.guidance_scale if fields.absorb_guidance else None, null, weights)
+                                        fields.guidance_scale if fields.absorb_guidance else None, null, weights,
+                                        compile=compute_params.compile)
     tensors = data.tensors(teacher.buckets(routes), "train", route_of_bucket=teacher.route_index(routes)).to(device)
     rank, processes = compute.world()  # each process draws its own rows, noise and query indices, on the device
     rng = torch.Generator(device).manual_seed(seed + rank)
