@@ -1,0 +1,65 @@
+"""tools/repro.py: `dvc repro` several stages at a time, on a toy DVC repository."""
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import yaml
+
+TOOL = Path(__file__).resolve().parents[1] / "tools" / "repro.py"
+WRITE = "python -c \"import sys, time; time.sleep(0.5); open(sys.argv[2], 'w').write(open(sys.argv[1]).read() + sys.argv[3])\""
+
+
+def _run(cmd: list[str], cwd: Path, check: bool = True) -> subprocess.CompletedProcess:
+    env = os.environ | {"PATH": f"{Path(sys.executable).parent}{os.pathsep}{os.environ['PATH']}"}
+    proc = subprocess.run(cmd, cwd=cwd, env=env, capture_output=True, text=True)
+    assert not check or proc.returncode == 0, f"{cmd}: {proc.stdout}\n{proc.stderr}"
+    return proc
+
+
+def _stage(src: str, out: str, mark: str) -> dict:
+    return {"cmd": f"{WRITE} {src} {out} {mark}", "deps": [src], "outs": [out]}
+
+
+def _repo(tmp_path: Path) -> Path:
+    """a -> (b, c) -> d: b and c can run together."""
+    repo = tmp_path / "toy"
+    repo.mkdir()
+    _run(["git", "init", "-q"], repo)
+    _run(["dvc", "init", "-q"], repo)
+    (repo / "seed.txt").write_text("s")
+    stages = {"a": _stage("seed.txt", "a.txt", "a"), "b": _stage("a.txt", "b.txt", "b"),
+              "c": _stage("a.txt", "c.txt", "c"),
+              "d": {"cmd": f"{WRITE} b.txt d.txt d && cat c.txt >> d.txt", "deps": ["b.txt", "c.txt"], "outs": ["d.txt"]}}
+    (repo / "dvc.yaml").write_text(yaml.safe_dump({"stages": stages}))
+    return repo
+
+
+def _ran(output: str) -> list[str]:
+    return sorted(line.split()[2] for line in output.splitlines() if " done " in line)  # "HH:MM:SS done <stage> in N s"
+
+
+def test_runs_the_stale_stages_in_dependency_order_and_commits_them(tmp_path):
+    repo = _repo(tmp_path)
+    out = _run([sys.executable, str(TOOL), "--jobs", "2"], repo).stdout
+    assert _ran(out) == ["a", "b", "c", "d"]
+    starts = [line.split()[-1] for line in out.splitlines() if " start " in line]
+    assert starts[0] == "a" and starts[-1] == "d"  # b and c after a, d after both
+    assert (repo / "d.txt").read_text() == "sabdsac"
+    assert "up to date" in _run(["dvc", "status"], repo).stdout  # dvc.lock records every stage
+    assert "0 stage(s) to run" in _run([sys.executable, str(TOOL)], repo).stdout
+
+    (repo / "a.txt").write_text("changed")  # a is stale (its output changed), so is all that follows
+    assert _ran(_run([sys.executable, str(TOOL), "-j", "2"], repo).stdout) == ["a", "b", "c", "d"]
+    assert "up to date" in _run(["dvc", "status"], repo).stdout
+
+
+def test_a_failed_stage_stops_the_run_and_nothing_is_committed(tmp_path):
+    repo = _repo(tmp_path)
+    spec = yaml.safe_load((repo / "dvc.yaml").read_text())
+    spec["stages"]["c"]["cmd"] = "python -c 'raise SystemExit(3)'"
+    (repo / "dvc.yaml").write_text(yaml.safe_dump(spec))
+    proc = _run([sys.executable, str(TOOL), "-j", "2"], repo, check=False)
+    assert proc.returncode != 0 and "failed: c; nothing committed" in proc.stderr
+    assert "FAILED (exit 3" in proc.stdout and " start d" not in proc.stdout
+    assert not (repo / "dvc.lock").exists()
