@@ -28,6 +28,7 @@ def _repo(tmp_path: Path) -> Path:
     _run(["git", "init", "-q"], repo)
     _run(["dvc", "init", "-q"], repo)
     (repo / "seed.txt").write_text("s")
+    (repo / "params.yaml").write_text("unused: {knob: 0}\n")
     stages = {"a": _stage("seed.txt", "a.txt", "a"), "b": _stage("a.txt", "b.txt", "b"),
               "c": _stage("a.txt", "c.txt", "c"),
               "d": {"cmd": f"{WRITE} b.txt d.txt d && cat c.txt >> d.txt", "deps": ["b.txt", "c.txt"], "outs": ["d.txt"]}}
@@ -48,6 +49,9 @@ def test_runs_the_stale_stages_in_dependency_order_and_commits_them(tmp_path):
     assert (repo / "d.txt").read_text() == "sabdsac"
     assert "up to date" in _run(["dvc", "status"], repo).stdout  # dvc.lock records every stage
     assert "0 stage(s) to run" in _run([sys.executable, str(TOOL)], repo).stdout
+
+    assert "0 stage(s) to run" in _run([sys.executable, str(TOOL), "-S", "unused.knob=1"], repo).stdout
+    assert yaml.safe_load((repo / "params.yaml").read_text()) == {"unused": {"knob": 1}}  # as dvc exp run -S
 
     (repo / "a.txt").write_text("changed")  # a is stale (its output changed), so is all that follows
     assert _ran(_run([sys.executable, str(TOOL), "-j", "2"], repo).stdout) == ["a", "b", "c", "d"]

@@ -9,8 +9,12 @@ from the repository root with `DVC_STAGE` set, as DVC runs it, its output in
 (DVC hashes the outputs then; the run-cache is not consulted). A failed stage stops new starts;
 the running ones finish, nothing is committed, and the log names it.
 
-    python tools/repro.py --jobs 2            # the default params, ~30 min on 2 cores
-    python tools/repro.py --jobs 8 --dry      # what would run, in order
+    python tools/repro.py --jobs 2                        # the default params, ~30 min on 2 cores
+    python tools/repro.py --jobs 8 --dry                  # what would run
+    python tools/repro.py -j 2 -S eval.guidance=3         # params changed first, as `dvc exp run -S`
+
+`-S` edits `params.yaml` in place with DVC's own override code (`dvc exp run -S` does the same in
+the workspace; `git checkout params.yaml` undoes it).
 """
 from __future__ import annotations
 
@@ -23,6 +27,7 @@ from concurrent.futures import FIRST_COMPLETED, ThreadPoolExecutor, wait
 from pathlib import Path
 
 from dvc.repo import Repo
+from dvc.utils.hydra import apply_overrides
 
 LOGS = Path(".dvc/tmp/repro")
 
@@ -84,7 +89,11 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--jobs", "-j", type=int, default=2, help="stages at once")
     parser.add_argument("--dry", action="store_true", help="list the stages that would run, and stop")
+    parser.add_argument("--set-param", "-S", action="append", default=[], metavar="KEY=VALUE",
+                        help="change params.yaml first, as `dvc exp run -S` (repeatable)")
     args = parser.parse_args()
+    if args.set_param:
+        apply_overrides(Path("params.yaml"), args.set_param)
     with Repo(".") as repo:
         cmds, needs, todo = plan(repo)
     print(f"{len(todo)} stage(s) to run: {', '.join(sorted(todo)) or 'none'}", flush=True)
