@@ -53,7 +53,7 @@ def test_a_compiled_bf16_student_learns_its_teacher_on_cuda():
     teacher = backbone.build("S", 4, 32, 384).to(CUDA).requires_grad_(False)
     opt = torch.optim.AdamW(student.parameters(), lr=1e-3, fused=True)
     batch, losses = _batch(32), []
-    for _ in range(30):
+    for _ in range(20):
         opt.zero_grad(set_to_none=True)
         loss = _loss(student, teacher, batch, CUDA, compiled=True)
         loss.backward()
