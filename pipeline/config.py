@@ -137,8 +137,9 @@ class Data(Section):
 
 
 class Text(Section):
-    encoder: str  # "minilm" = the packaged all-MiniLM-L6-v2, or a local transformers folder
-    max_tokens: Positive  # token embeddings are padded/truncated to this length
+    encoder: str  # "minilm" = the packaged all-MiniLM-L6-v2; "pretrained" = the SD3 text encoders of
+    # model.pretrained's folder (pipeline.data.sd3_text); or a local transformers folder
+    max_tokens: Positive  # token embeddings are padded/truncated to this length (SD3: T5's, after 77 CLIP tokens)
     batch_size: Positive
 
 
@@ -146,7 +147,10 @@ class Model(Section):
     preset: ModelPreset  # a backbone depth/width from the registry
     patch_size: Positive
     shift: PositiveFloat  # SD3 time shift of the sampling grid
-    pretrained: str  # "" = build from `preset`; else a local diffusers transformer folder
+    pretrained: str  # "" = build from `preset`; else a local diffusers folder: an SD3-family pipeline
+    # (its transformer; its VAE's latents when it has a vae/) or a bare transformer folder
+    lora_rank: NonNegative  # 0 = full fine-tuning; > 0: the SFT models and students train LoRA adapters of
+    # this rank (alpha = rank) on the frozen pretrained weights, and are saved merged
 
 
 class Recipe(Section):
@@ -381,6 +385,12 @@ def _check(cfg: Config) -> list[str]:
             problems.append(f"{where}.seeds: {setting.seeds} repeats a seed")
         if not problems and sum(cfg.routing.weights[r] for r in setting.routes) <= 0:
             problems.append(f"routing.weights: every route of {where} has weight 0")
+    if cfg.text.encoder == "pretrained" and not cfg.model.pretrained:
+        problems.append("text.encoder: 'pretrained' means the text encoders of model.pretrained, which is empty; "
+                        "set model.pretrained to a local SD3-family diffusers folder")
+    if cfg.model.lora_rank and not cfg.model.pretrained:
+        problems.append(f"model.lora_rank: {cfg.model.lora_rank} trains LoRA adapters on a pretrained base, but "
+                        f"model.pretrained is empty (set it, or lora_rank: 0 for full fine-tuning)")
     for key in ("baselines", "teachers"):
         if unknown := [n for n in getattr(cfg.run, key) if n not in cfg.settings]:
             problems.append(f"run.{key}: {unknown} are not settings (expected some of {sorted(cfg.settings)})")

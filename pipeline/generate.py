@@ -4,9 +4,10 @@
     python -m pipeline.generate --task local_edit --image source.png --prompt "make the circle green"
 
 The model folder describes itself (`sampling.json`, `scheduler/`): resolution, shift, text
-encoder and how the source image enters; params.yaml is never read. Without --task, the router
-(--router) picks the task from the prompt. An edit needs --image, an image of the model's size;
-text-to-image takes none.
+encoder (MiniLM, or a pretrained SD3-family model's own), its space (pixels, or the latents of a
+VAE: the source is encoded and the output decoded through it) and how the source image enters;
+params.yaml is never read. Without --task, the router (--router) picks the task from the prompt.
+An edit needs --image, an image of the model's size; text-to-image takes none.
 """
 from __future__ import annotations
 
@@ -21,7 +22,7 @@ from PIL import Image
 
 from pipeline.core import backbone, checkpoint
 from pipeline.core.fields import Cond
-from pipeline.data import shards, text, world
+from pipeline.data import sd3_text, shards, world
 from pipeline.eval.sample import generate
 from pipeline.train.router import Router
 
@@ -63,7 +64,8 @@ def run(args: argparse.Namespace) -> dict:
         raise UsageError(f"--model {args.model}: not a model folder (train it with `dvc repro`, or pass --model)")
     sampling = checkpoint.read_sampling(args.model)
     encoder_info = sampling["text_encoder"]
-    encoder = text.TextEncoder(encoder_info["encoder"], encoder_info["max_tokens"])
+    encoder = sd3_text.load_encoder(encoder_info["encoder"], encoder_info["max_tokens"],
+                                    pretrained=encoder_info.get("folder", ""))  # a pretrained model's own encoders
     token_states, pooled = (torch.from_numpy(a).float() for a in encoder.encode([args.prompt]))
     null = tuple(torch.from_numpy(a).float() for a in encoder.null())
     task = choose_task(args.task, pooled, args.router)
@@ -72,13 +74,15 @@ def run(args: argparse.Namespace) -> dict:
         raise UsageError("--image: text-to-image takes no source image; drop --image or pick an edit --task")
     if task != "t2i" and args.image is None:
         raise UsageError(f"--task {task}: an edit needs --image, the {resolution}x{resolution} image to edit")
-    source = read_image(args.image, resolution) if task != "t2i" else torch.zeros(1, 3, resolution, resolution)
+    space = checkpoint.space([args.model])  # pixels, or a VAE's latents
+    shape = (space.channels, resolution // space.downsample, resolution // space.downsample)
+    source = space.encode(read_image(args.image, resolution)) if task != "t2i" else torch.zeros(1, *shape)
     model = backbone.load(args.model).eval()
     cond = Cond(text=token_states, pooled=pooled, source=source)
     out = generate(model, cond, steps=args.steps, shift=sampling["shift"], seed=args.seed, guidance=args.guidance,
-                   null=null, image_shape=(3, resolution, resolution))
+                   null=null, image_shape=shape)
     args.out.parent.mkdir(parents=True, exist_ok=True)
-    Image.fromarray(shards.to_uint8(out)[0]).save(args.out)
+    Image.fromarray(shards.to_uint8(space.decode(out))[0]).save(args.out)
     return {"task": task, "prompt": args.prompt, "model": str(args.model), "steps": args.steps,
             "guidance": args.guidance, "seed": args.seed, "out": str(args.out)}
 

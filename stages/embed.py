@@ -6,7 +6,7 @@ from pathlib import Path
 
 from pipeline import config, tracking
 from pipeline.core import compute
-from pipeline.data import embeddings, outputs, shards, text
+from pipeline.data import embeddings, outputs, sd3_text, shards
 
 
 def main() -> None:
@@ -17,11 +17,15 @@ def main() -> None:
 
     params = config.load()
     outputs.ensure_writable(args.out)
-    compute.setup(params.compute)  # a fixed thread count: the same bits on every rerun
+    device = compute.setup(params.compute)  # a fixed thread count: the same bits on every rerun
     prompts = shards.read_manifest(args.manifest)["prompt"].tolist()
     with tracking.run("embed", params) as run:
-        encoder = text.TextEncoder(params.text.encoder, params.text.max_tokens, params.text.batch_size)
+        # text.encoder "pretrained": the SD3 text encoders of model.pretrained's folder, which the cards name
+        folder = params.model.pretrained if params.text.encoder == sd3_text.PRETRAINED else ""
+        encoder = sd3_text.load_encoder(params.text.encoder, params.text.max_tokens, params.text.batch_size, folder,
+                                        device)
         info = {"encoder": params.text.encoder, "max_tokens": params.text.max_tokens}
+        info |= {"folder": folder} if folder else {}
         count = embeddings.write(prompts, encoder, args.out, info)
         run.log_metrics({"prompts": count})
     print(f"embed: {count} distinct prompts of {len(prompts)} samples -> {args.out}")

@@ -36,13 +36,14 @@ def main() -> None:
     outputs.ensure_writable(args.metrics, args.outcomes, args.samples)
     device = compute.setup(params.compute)
     setting = params.settings[args.setting] if args.setting else None
-    field, guidance, routes = evaluation.load_field(args.name, params.eval, params.fields, setting, model=args.model,
-                                                    base=args.base, experts=args.experts, device=device)
+    field, guidance, routes, space = evaluation.load_field(args.name, params.eval, params.fields, setting,
+                                                           model=args.model, base=args.base, experts=args.experts,
+                                                           device=device)
     ev = Evaluator.load(args.evaluator, device)
     recipe = {"model": str(args.model or f"{args.setting}/{args.name}"), "guidance": guidance}
     model_name = f"{args.setting}/{args.name}" if args.setting else args.name
     with tracking.run("evaluate", params, recipe=recipe, model=model_name) as run:
-        result, outcomes, grid = evaluation.evaluate(field, ev, Curated.open(args.shards, args.embeddings),
+        result, outcomes, grid = evaluation.evaluate(field, ev, Curated.open(args.shards, args.embeddings, space),
                                                      params.eval, params.model.shift, guidance, device, routes)
         args.samples.parent.mkdir(parents=True, exist_ok=True)
         grid.save(args.samples)

@@ -55,7 +55,7 @@ def test_load_errors_name_the_folder(tmp_path):
     with pytest.raises(FileNotFoundError, match=str(tmp_path)):
         backbone.load(tmp_path)
     with pytest.raises(FileNotFoundError, match="model.pretrained"):
-        backbone.load_pretrained(tmp_path / "nowhere", 384)
+        backbone.load_pretrained(tmp_path / "nowhere", 384, 384, 3)
     with pytest.raises(ValueError, match="model.preset: unknown preset 'XL'"):
         backbone.build("XL", 4, 32, 384)
 
@@ -66,14 +66,18 @@ def test_pretrained_t2i_transformer_gets_zero_source_channels(tmp_path):
                                 attention_head_dim=16, num_attention_heads=2, joint_attention_dim=384,
                                 caption_projection_dim=32, pooled_projection_dim=384, pos_embed_max_size=4)
     t2i.save_pretrained(tmp_path / "pipe" / "transformer")
-    model = backbone.load_pretrained(tmp_path / "pipe", 384)
+    model = backbone.load_pretrained(tmp_path / "pipe", 384, 384, 3)
     assert model.transformer.config.in_channels == 6
     x, t, cond = torch.randn(2, 3, 16, 16), torch.rand(2), _cond()
     expected = t2i(hidden_states=x, encoder_hidden_states=cond.text, pooled_projections=cond.pooled,
                    timestep=t * 1000).sample
     assert torch.allclose(model(x, t, cond), expected, atol=1e-6)  # starts as the T2I model it was
     with pytest.raises(ValueError, match="joint_attention_dim=384, the text encoder gives 512"):
-        backbone.load_pretrained(tmp_path / "pipe", 512)
+        backbone.load_pretrained(tmp_path / "pipe", 512, 384, 3)
+    with pytest.raises(ValueError, match="model.pretrained: .* pooled_projection_dim=384, the text encoder gives 48"):
+        backbone.load_pretrained(tmp_path / "pipe", 384, 48, 3)
+    with pytest.raises(ValueError, match="model.pretrained: .* out_channels=3, its inputs have 4 channels"):
+        backbone.load_pretrained(tmp_path / "pipe", 384, 384, 4)
 
 
 def test_average_is_the_parameter_mean(tmp_path):

@@ -102,6 +102,7 @@ def test_choices_are_checked_at_load(tmp_path, key, value):
     ("train.grad_accum", 0), ("train.base.lr", 0.0), ("train.drop_text", 1.5), ("train.finetune.ema", 1.0),
     ("train.base.min_lr_ratio", 1.5),
     ("distill.rollout_steps", 0), ("eval.count", 0), ("router.label_fraction", 0.0), ("compute.threads", -1),
+    ("model.lora_rank", -1),
 ])
 def test_numbers_out_of_range_are_named(tmp_path, key, value):
     with pytest.raises(config.ConfigError, match=rf"params.yaml: {re.escape(key)}: Input should be"):
@@ -143,6 +144,9 @@ def test_int_accepted_for_float(tmp_path):
      r"routing.weights.edit: missing weight for route 'edit' of settings.t2i_edit"),
     ("routing.weights", {"t2i": 1.0, "edit": 1.0, "local_edit": 0.0, "global_edit": 0.0},
      r"routing.weights: every route of settings.local_global has weight 0"),
+    ("text.encoder", "pretrained", r"params.yaml: text.encoder: 'pretrained' means the text encoders of model.pretrained"),
+    ("model.lora_rank", 4, r"params.yaml: model.lora_rank: 4 trains LoRA adapters on a pretrained base, but "
+                           r"model.pretrained is empty"),
 ])
 def test_cross_section_rules(tmp_path, key, value, where):
     with pytest.raises(config.ConfigError, match=where):

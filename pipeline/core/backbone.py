@@ -1,8 +1,10 @@
 """The backbone: diffusers' SD3Transformer2DModel as a velocity model ``v = model(x, t, cond)``.
 
 - Image stream: the noisy image x (B, C, H, W) concatenated on channels with the edit source
-  (zeros for T2I) -> (B, 2C, H, W), InstructPix2Pix-style.
-- Text stream: the frozen encoder's token embeddings (B, L, D); pooled embedding (B, D).
+  (zeros for T2I) -> (B, 2C, H, W), InstructPix2Pix-style. Pixels (C = 3), or a VAE's latents for a
+  pretrained SD3-family model (`pipeline.core.latents`): the backbone only sees C channels.
+- Text stream: the frozen encoder's token embeddings (B, L, D); pooled embedding (B, Dp) (Dp = D
+  but for SD3's own encoders).
 - Timestep: the transformer receives ``t * 1000`` (diffusers' SD3 convention; t=1 is noise).
 
 A checkpoint is a diffusers folder (``save_pretrained``: config.json + safetensors), so it
@@ -11,6 +13,13 @@ folder (an SD3-family transformer on local disk); a T2I transformer whose input 
 channels gets its source channels added, zero-initialised, so it starts as the T2I model it was.
 A new model's source channels start at zero too: the base never sees a source, so random source
 weights would stay random and make an expert fine-tuned from it start by undoing them.
+
+LoRA (``model.lora_rank`` > 0, `add_lora`): peft adapters on the reference's SD3.5 attention
+targets (`pipeline.core.lora`) train, and so does the patch embedding, the one layer that reads the
+source channels: frozen at their zero start, an edit model could never see its source. Everything
+else stays the pretrained weights. `Backbone.save` writes an adapted model merged (`lora.merged_copy`),
+so every checkpoint is a plain SD3 transformer: teachers, evaluation and the merge baseline load it
+unchanged, and a teacher's adapter is never stacked on a student's.
 """
 from __future__ import annotations
 
@@ -20,6 +29,7 @@ import torch
 from diffusers import SD3Transformer2DModel
 from torch import Tensor, nn
 
+from pipeline.core import lora
 from pipeline.core.fields import Cond
 
 # name -> transformer depth and width; the text/pooled dims come from the text encoder.
@@ -54,8 +64,9 @@ class Backbone(nn.Module):
         )[0]  # (B, C, H, W)
 
     def save(self, folder: str | Path) -> None:
-        """Write a self-describing diffusers folder (config.json + weights)."""
-        self.transformer.save_pretrained(folder, safe_serialization=True)
+        """Write a self-describing diffusers folder (config.json + weights); a LoRA merged into a copy first."""
+        model = lora.merged_copy(self) if lora.lora_layers(self) else self
+        model.transformer.save_pretrained(folder, safe_serialization=True)
 
 
 def build(preset: str, patch_size: int, image_size: int, text_dim: int, channels: int = 3) -> Backbone:
@@ -84,8 +95,11 @@ def load(folder: str | Path) -> Backbone:
     return Backbone(SD3Transformer2DModel.from_pretrained(folder, local_files_only=True, low_cpu_mem_usage=False))
 
 
-def load_pretrained(folder: str | Path, text_dim: int) -> Backbone:
-    """A local diffusers SD3 transformer (``model.pretrained``), adapted to take a source image."""
+def load_pretrained(folder: str | Path, text_dim: int, pooled_dim: int, channels: int) -> Backbone:
+    """A local diffusers SD3 transformer (``model.pretrained``), adapted to take a source image.
+
+    `text_dim`, `pooled_dim`: the text encoder's widths; `channels`: the images' (3) or the VAE's latents'.
+    """
     folder = Path(folder)
     if (folder / "transformer" / "config.json").is_file():
         folder = folder / "transformer"  # a whole pipeline folder
@@ -93,9 +107,12 @@ def load_pretrained(folder: str | Path, text_dim: int) -> Backbone:
         raise FileNotFoundError(f"model.pretrained: {folder} is not a local diffusers transformer folder")
     transformer = SD3Transformer2DModel.from_pretrained(folder, local_files_only=True, low_cpu_mem_usage=False)
     config = transformer.config
-    for key in ("joint_attention_dim", "pooled_projection_dim"):
-        if config[key] != text_dim:
-            raise ValueError(f"model.pretrained: {folder} has {key}={config[key]}, the text encoder gives {text_dim}")
+    for key, dim in (("joint_attention_dim", text_dim), ("pooled_projection_dim", pooled_dim)):
+        if config[key] != dim:
+            raise ValueError(f"model.pretrained: {folder} has {key}={config[key]}, the text encoder gives {dim}")
+    if config.out_channels != channels:
+        raise ValueError(f"model.pretrained: {folder} has out_channels={config.out_channels}, its inputs have "
+                         f"{channels} channels (3: pixels; a VAE's latent channels: its pipeline folder's vae/)")
     if config.in_channels == config.out_channels:
         _add_source_channels(transformer)
     return Backbone(transformer)
@@ -112,6 +129,14 @@ def _add_source_channels(transformer: SD3Transformer2DModel) -> None:
             new.bias.copy_(old.bias)
     transformer.pos_embed.proj = new
     transformer.register_to_config(in_channels=2 * old.in_channels)
+
+
+def add_lora(model: Backbone, rank: int, seed: int) -> Backbone:
+    """Make `model` train a fresh LoRA of `rank` (alpha = rank, drawn from `seed`) and its patch embedding only."""
+    torch.manual_seed(seed)  # the adapter's initial weights are part of "same seed, same result"
+    lora.add_lora(model.transformer, rank)
+    model.transformer.pos_embed.proj.requires_grad_(True)  # the source channels' only way in
+    return model
 
 
 def param_count(model: nn.Module) -> int:

@@ -90,7 +90,7 @@ def _unit(images: Tensor) -> Tensor:
 
 
 def _encoded(pixels: Tensor, space: Space, rows: Tensor | None = None) -> Tensor:
-    """uint8 (N, 3, H, W) -> the space's float latents (N, C, H/d, W/d): of every row, or of `rows` (zeros elsewhere)."""
+    """uint8 (N, 3, H, W) -> the space's float latents (N, C, H/d, W/d) of every row, or of `rows` (else 0)."""
     if rows is None:
         return space.encode(_unit(pixels))
     n, _, h, w = pixels.shape
@@ -108,6 +108,13 @@ def load_tensors(root: str | Path, buckets: list[str], split: str, embeddings: E
     VAE's `space` the targets and the edit sources are encoded here, once (pixels stay uint8).
     """
     records = [r for b in buckets for r in shards.read_records(root, b, split)[:limit]]
+    return stack_records(records, embeddings, route_of_bucket, space)
+
+
+def stack_records(records: list[shards.Record], embeddings: Embeddings,
+                  route_of_bucket: Mapping[str, int] | None = None, space: Space = PIXELS) -> TensorSet:
+    """`records` as a `TensorSet`, with their prompts' embeddings (and routes, by `route_of_bucket`;
+    in a VAE's `space`, encoded: `load_tensors`)."""
     prompts = sorted({r.prompt for r in records})
     text, pooled = embeddings.lookup(prompts)
     row_of = {p: i for i, p in enumerate(prompts)}

@@ -96,12 +96,13 @@ def _card(name: str, log: dict, sampling: dict) -> str:
     trained = (f"{history[-1]['step']} steps, final loss {history[-1]['loss']:.4f}" if history
                else "not trained (a weight merge)")
     text, latents = sampling["text_encoder"], sampling.get("latents")
-    space = "" if latents is None else (
+    latent_line = "" if latents is None else (
         f"\n- x, the source and the velocity live in the latents of the VAE of `{latents['vae']}` "
         f"({latents['channels']} channels, 1/{latents['downsample']} of the resolution)")
     if "folder" in text:  # a pretrained model's own encoders (pipeline.data.sd3_text)
         text_line = (f"the SD3 text encoders of `{text['folder']}` as diffusers' `encode_prompt` ({text['dim']} wide) "
-                     f"and their pooled\n  embedding ({text['pooled_dim']} wide); CFG's null text is the empty prompt")
+                     f"and their pooled\n  embedding ({text.get('pooled_dim', text['dim'])} wide); "
+                     f"CFG's null text is the empty prompt")
     else:
         text_line = (f"`{text['encoder']}` token embeddings ({text['max_tokens']} tokens x {text['dim']}), padding "
                      f"zeroed,\n  and their masked-mean pooled embedding; CFG's null text is the empty prompt")
@@ -120,7 +121,7 @@ python -m pipeline.generate --model <this folder> --task local_edit --image sour
 
 ## What it expects (`sampling.json`)
 
-- {sampling['resolution']}x{sampling['resolution']} pixels, {sampling['pixels']}{space}
+- {sampling['resolution']}x{sampling['resolution']} pixels, {sampling['pixels']}{latent_line}
 - {sampling['velocity']}
 - Euler sampling on the SD3-shifted grid, shift {sampling['shift']} (`scheduler/`)
 - {sampling['source']}

@@ -44,8 +44,8 @@ class Cond:
     """A batch of conditions: text (and optionally a source image) plus the routing label."""
 
     text: Tensor  # (B, L, D) per-token text embeddings, padding zeroed
-    pooled: Tensor  # (B, D) pooled text embedding
-    source: Tensor | None  # (B, 3, H, W) edit source in [-1, 1]; None for a T2I batch
+    pooled: Tensor  # (B, Dp) pooled text embedding
+    source: Tensor | None  # (B, C, H, W) edit source in the model's space (pixels in [-1, 1]); None for T2I
     route: Tensor | None = None  # (B,) long: which field supervises each sample
 
     def __post_init__(self):

@@ -6,6 +6,12 @@ d = 2 ** (len(block_out_channels) - 1); decoding inverts the scaling, ``vae.deco
 shift_factor)``, and clamps to [-1, 1]. Encoding takes the posterior's mode (its mean), not a sample,
 so one image always has one latent. ``scaling_factor`` and ``shift_factor`` come from the VAE's own
 config (SD3: 1.5305 and 0.0609); a config without a shift (SD1/SDXL-style) means 0.
+
+A model's *space* is what its x, edit source and velocity live in: `PIXELS` (the identity, for a model
+built from a preset: the small world's default) or a VAE's `Latents` (a model from ``model.pretrained``
+with a ``vae/``). Both have ``encode``/``decode``/``channels``/``downsample``; data is encoded once at
+load (`pipeline.core.batches`) and samples decoded to pixels for the evaluator and grids. A model
+folder's `sampling.json` names its space (`card`; `pipeline.core.checkpoint.space` reads it back).
 """
 from __future__ import annotations
 
@@ -21,6 +27,7 @@ class Latents:
 
     def __init__(self, folder: str | Path, device: str | torch.device = "cpu", batch_size: int = 16,
                  dtype: torch.dtype = torch.float32):
+        self.folder = str(folder)  # as given (model.pretrained): what a model's card names
         folder = Path(folder)
         if (folder / "vae" / "config.json").is_file():
             folder = folder / "vae"  # a whole pipeline folder
@@ -34,6 +41,11 @@ class Latents:
         self.channels = int(config.latent_channels)
         self.downsample = 2 ** (len(config.block_out_channels) - 1)
         self.device, self.dtype, self.batch_size = torch.device(device), dtype, batch_size
+
+    def card(self) -> dict:
+        """What a model folder's `sampling.json` records of this space."""
+        return {"vae": self.folder, "channels": self.channels, "downsample": self.downsample,
+                "scaling_factor": self.scaling_factor, "shift_factor": self.shift_factor}
 
     @torch.no_grad()
     def encode(self, images: Tensor) -> Tensor:
@@ -63,3 +75,30 @@ class Latents:
             raise ValueError("latents: empty batch")
         out = [fn(chunk.to(self.device, self.dtype)).float().to(x.device) for chunk in x.split(self.batch_size)]
         return torch.cat(out)
+
+
+class Pixels:
+    """The identity space: a model that sees the images themselves (x, source and v in [-1, 1] pixels)."""
+
+    channels, downsample = 3, 1
+
+    def card(self) -> None:
+        return None  # a pixel model's card has no `latents` entry
+
+    def encode(self, images: Tensor) -> Tensor:
+        return images
+
+    def decode(self, x: Tensor) -> Tensor:
+        return x
+
+
+PIXELS = Pixels()
+Space = Pixels | Latents
+
+
+def space(folder: str | Path, device: str | torch.device = "cpu") -> Space:
+    """The space of a model built from `folder` (``model.pretrained``): its VAE's latents when it is a
+    diffusers pipeline folder with a ``vae/``; pixels for a bare transformer folder or "" (a preset)."""
+    if folder and (Path(folder) / "vae" / "config.json").is_file():
+        return Latents(folder, device)
+    return PIXELS

@@ -9,8 +9,8 @@ downstream stage rerunning on a spurious change.
 A store is a folder: `embeddings.npz` with, for every distinct prompt of the manifest (sorted),
 `text` float16 (N, max_tokens, D) token embeddings (padding zeroed) and `pooled` float16 (N, D),
 plus the empty prompt's (`null_text`, `null_pooled`: the null condition of CFG); and
-`encoder.json` naming the encoder, its token length and width, so models trained on it can say
-what their text input is.
+`encoder.json` naming the encoder, its token length and width (and, when it differs from that, the
+pooled width: `pooled_dim`, SD3's encoders), so models trained on it can say what their text input is.
 """
 from __future__ import annotations
 
@@ -36,7 +36,10 @@ def write(prompts, encoder, out: Path, info: dict) -> int:
         np.savez(tmp / ARRAYS, prompts=np.array(unique, dtype=str), text=text.astype(np.float16),
                  pooled=pooled.astype(np.float16), null_text=null_text.astype(np.float16),
                  null_pooled=null_pooled.astype(np.float16))
-        (tmp / INFO).write_text(json.dumps(info | {"dim": int(text.shape[-1])}, indent=1, sort_keys=True) + "\n")
+        dims = {"dim": int(text.shape[-1])}
+        if pooled.shape[-1] != text.shape[-1]:  # SD3's encoders (a MiniLM store's info stays as it was)
+            dims["pooled_dim"] = int(pooled.shape[-1])
+        (tmp / INFO).write_text(json.dumps(info | dims, indent=1, sort_keys=True) + "\n")
     return len(unique)
 
 
@@ -46,10 +49,10 @@ class Embeddings:
 
     index: dict[str, int]
     text: np.ndarray  # (N, L, D) float16
-    pooled: np.ndarray  # (N, D) float16
+    pooled: np.ndarray  # (N, Dp) float16 (Dp = D but for SD3's encoders)
     null_text: np.ndarray  # (L, D) float16
-    null_pooled: np.ndarray  # (D,) float16
-    info: dict  # encoder, max_tokens, dim
+    null_pooled: np.ndarray  # (Dp,) float16
+    info: dict  # encoder, max_tokens, dim (pooled_dim; the pretrained folder)
 
     @classmethod
     def load(cls, folder: str | Path) -> Embeddings:

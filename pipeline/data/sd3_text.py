@@ -15,6 +15,10 @@ Same interface as `pipeline.data.text.TextEncoder`, and exactly what diffusers'
 Unlike `TextEncoder`, padding positions are *not* zeroed: SD3 models were trained on diffusers'
 embeddings, in which both CLIPs and T5 run without an attention mask and every position carries a
 state. The empty prompt "" is the null text of CFG, as diffusers' default negative prompt.
+
+`load_encoder` is the one place ``text.encoder`` becomes an encoder: ``pretrained`` = these, of
+``model.pretrained``'s folder; anything else a `pipeline.data.text.TextEncoder` (MiniLM by default).
+(It lives here, not in `text`, so that what imports `text` alone does not depend on this module.)
 """
 from __future__ import annotations
 
@@ -24,7 +28,19 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from pipeline.data.text import NULL_PROMPT
+from pipeline.data.text import NULL_PROMPT, TextEncoder
+
+PRETRAINED = "pretrained"  # text.encoder: the SD3-family model's own encoders, of model.pretrained
+
+
+def load_encoder(name: str, max_tokens: int, batch_size: int = 256, pretrained: str | Path = "",
+                 device: str | torch.device = "cpu") -> TextEncoder | SD3TextEncoder:
+    """The encoder ``text.encoder`` names: for ``pretrained`` the SD3 encoders of the folder `pretrained`."""
+    if name != PRETRAINED:
+        return TextEncoder(name, max_tokens, batch_size)
+    if not pretrained:
+        raise ValueError("text.encoder: 'pretrained' needs model.pretrained, the SD3 folder whose encoders to use")
+    return SD3TextEncoder(pretrained, max_tokens, batch_size, device)
 
 
 class SD3TextEncoder:

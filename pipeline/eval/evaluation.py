@@ -10,6 +10,10 @@ Euler steps from noise seeded by `eval.seed`, so every model sees the same promp
 - realism bucket: `realism`, the mean realism reward (the same kind of prompts as t2i);
 - cost: `nfe` per image (steps, x2 with CFG) and `sec_per_image`.
 
+A model of a VAE's latent space (a pretrained SD3-family model) is sampled in it, from the test
+sources encoded by `data`'s space, and its samples decoded to pixels (in the timed part) before the
+evaluator, which always sees the world's renders' pixels (`pipeline.core.latents`).
+
 Every score has a bootstrap 95% interval (`<name>_ci`, `pipeline.eval.stats`), and the per-sample
 outcomes behind them are kept (`outcomes`), so intervals can be recomputed and seeds pooled.
 
@@ -30,6 +34,7 @@ from PIL import Image
 
 from pipeline.core import backbone, checkpoint, teacher
 from pipeline.core.batches import Curated
+from pipeline.core.latents import Space
 from pipeline.eval.sample import Panel, generate, labelled_grid
 from pipeline.data import shards, world
 from pipeline.eval import metrics, stats
@@ -41,12 +46,14 @@ TEACHERS = {"teacher": False, "teacher_cfg": True}  # name -> sampled at fields.
 
 def sample_bucket(field, data: Curated, bucket: str, eval_params, shift: float, guidance: float, device,
                   route_of_bucket: Mapping[str, int] | None = None):
-    """(test records, outputs uint8 (N, H, W, 3), seconds) for one bucket's first `eval.count` tests."""
+    """(test records, outputs uint8 (N, H, W, 3), seconds) for one bucket's first `eval.count` tests,
+    sampled in `data`'s space and decoded to pixels."""
     test = data.tensors([bucket], "test", limit=eval_params.count, route_of_bucket=route_of_bucket)
     x, cond = test.batch(torch.arange(len(test)))
     tic = time.perf_counter()
     out = generate(field, cond, steps=eval_params.steps, shift=shift, seed=eval_params.seed, guidance=guidance,
                    null=data.null(), image_shape=tuple(x.shape[1:]), device=device)
+    out = data.space.decode(out)  # (N, 3, H, W) in [-1, 1]: pixels as they are, latents through the VAE
     return test, shards.to_uint8(out), time.perf_counter() - tic
 
 
@@ -119,16 +126,18 @@ def _distribution_metrics(ev, images) -> dict:
 
 
 def load_field(name: str, eval_params, fields, setting=None, *, model: Path | None, base: Path | None,
-               experts: Path | None, device) -> tuple[object, float, dict[str, int] | None]:
-    """(field, guidance, route_of_bucket) to evaluate: a checkpoint folder, or a setting's routed teacher."""
+               experts: Path | None, device) -> tuple[object, float, dict[str, int] | None, Space]:
+    """(field, guidance, route_of_bucket, space) to evaluate: a checkpoint folder, or a setting's routed
+    teacher; the space (pixels or a VAE's latents) is the models' own, from their cards."""
     if name not in TEACHERS:
         if model is None:
             raise ValueError(f"evaluate {name}: needs --model <checkpoint folder>")
-        return backbone.load(model).to(device).eval(), eval_params.guidance, None
+        return backbone.load(model).to(device).eval(), eval_params.guidance, None, checkpoint.space([model], device)
     if base is None or experts is None or setting is None:
         raise ValueError(f"evaluate {name}: needs --setting, --base and --experts, the source checkpoints")
     routes = teacher.routes(setting)  # each sample takes its true route (no router)
     sources = checkpoint.source_folders(base, experts, [r.source for r in routes])
     field = teacher.load_teacher(routes, sources, device, "hard")
     guidance = fields.guidance_scale if TEACHERS[name] else eval_params.guidance
-    return field, guidance, teacher.route_index(routes, fallback=0)  # unrouted prompts: the first route's field
+    route_of_bucket = teacher.route_index(routes, fallback=0)  # unrouted prompts: the first route's field
+    return field, guidance, route_of_bucket, checkpoint.space(sources.values(), device)

@@ -16,6 +16,11 @@ setting's init with the overrides of ``distill.methods.<name>``, resolved by the
 among these: DanceOPD itself (one low-noise query, one route per optimizer step), the off-policy
 baseline, DiffusionOPD (all R states, weight 0.5/R², every route in every update), soft routing
 and the query and K ablations are all the same code; `train_student` runs one for a setting.
+
+The student lives in its init's space (pixels, or the VAE latents of a pretrained SD3-family model:
+`pipeline.core.latents`), which its teachers share. With ``model.lora_rank`` > 0 it trains a LoRA
+adapter (and its patch embedding) on its init's frozen weights and is saved merged; the teachers are
+the sources' merged checkpoints, frozen, never adapters stacked on the student.
 """
 from __future__ import annotations
 
@@ -167,10 +172,12 @@ def router_routes(router: Router, routes: Sequence[teacher.Route]) -> Callable[[
 
 
 def train_student(method, setting, fields, routing, train, shift: float, compute_params, *, data: Curated, base: Path,
-                  experts: Path, router_dir: Path, out: Path, name: str, seed: int, on_log=None) -> Fit:
+                  experts: Path, router_dir: Path, out: Path, name: str, seed: int, lora_rank: int = 0,
+                  on_log=None) -> Fit:
     """Distil a setting's routed fields into one student by `method` (with `seed`) and save it to `out`.
 
-    `base` and `experts` (the experts' root) hold the source checkpoints the routes and the init name.
+    `base` and `experts` (the experts' root) hold the source checkpoints the routes and the init name;
+    `lora_rank` > 0 (``model.lora_rank``) trains a LoRA of the init instead of all its weights.
     """
     outputs.ensure_writable(out)
     device = compute.setup(compute_params)
@@ -180,7 +187,9 @@ def train_student(method, setting, fields, routing, train, shift: float, compute
     target_field = teacher.load_teacher(routes, sources, device, method.routing_mode,
                                         fields.guidance_scale if fields.absorb_guidance else None, null, weights,
                                         compile=compute_params.compile)
-    tensors = data.tensors(teacher.buckets(routes), "train", route_of_bucket=teacher.route_index(routes)).to(device)
+    space = checkpoint.space(sources.values(), device)  # the init's and its teachers': pixels or a VAE's latents
+    tensors = data.seen_in(space).tensors(teacher.buckets(routes), "train",
+                                          route_of_bucket=teacher.route_index(routes)).to(device)
     rank, processes = compute.world()  # each process draws its own rows, noise and query indices, on the device
     rng = torch.Generator(device).manual_seed(seed + rank)
     route_rng = rng if processes == 1 else torch.Generator().manual_seed(seed)  # all processes: one route a step
@@ -189,6 +198,8 @@ def train_student(method, setting, fields, routing, train, shift: float, compute
     if routing.source == "router":
         batches = relabelled(batches, router_routes(Router.load(router_dir).to(device), routes))
     student = backbone.load(sources[method.init])
+    if lora_rank:  # the init's weights stay frozen; the adapter is merged when the student is saved
+        backbone.add_lora(student, lora_rank, seed)
     micro = method.grad_accum * (len(routes) if method.routing_per == "all" else 1)  # "all": each route each step
     loop = Loop(steps=method.steps, lr=method.lr, weight_decay=train.weight_decay, grad_clip=train.grad_clip,
                 ema=0.0, grad_accum=micro, checkpoint_every=train.checkpoint_every,  # no EMA for students,
@@ -197,11 +208,14 @@ def train_student(method, setting, fields, routing, train, shift: float, compute
               "absorb_guidance": fields.absorb_guidance, "guidance_scale": fields.guidance_scale,
               "routing": {"source": routing.source, "weights": weights}, "shift": shift, "seed": seed,
               "loop": dataclasses.asdict(loop)}
+    if lora_rank:
+        recipe["lora_rank"] = lora_rank
     work = checkpoint.work_dir(out)
     result = fit(student, distill_step(target_field, method, shift, device), batches, loop,
                  rng=rng if route_rng is rng else (rng, route_rng), work=work,
                  run_id=checkpoint.fingerprint(recipe), device=device, on_log=on_log)
-    sampling = checkpoint.sampling_card(shift, tensors.image.shape[-1], data.embeddings.info)
+    sampling = checkpoint.sampling_card(shift, tensors.image.shape[-1] * space.downsample, data.embeddings.info,
+                                        space.card())
     checkpoint.save_model(result.model, out, {"name": name, "recipe": recipe, "history": result.history}, sampling)
     checkpoint.finish(work)
     return result

@@ -9,6 +9,14 @@ the ``train.base`` recipe (steps, learning rate and schedule, EMA, t sampling); 
 ``experts.<name>`` buckets for its steps; a setting's joint baseline on the buckets of all its
 routes for the sum of the steps of the experts it replaces (matched compute); the last two
 fine-tuned from base with the ``train.finetune`` recipe.
+
+A pretrained base (``model.pretrained``): the base starts from that SD3-family transformer instead
+of from scratch (adapted to take a source image) and sees its VAE's latents when the folder has one
+(`pipeline.core.latents`; a fine-tune sees its init's space, from its card). With
+``model.lora_rank`` > 0 every SFT model trains a LoRA adapter (and the patch embedding) on its
+init's frozen weights and is saved merged (`backbone.add_lora`): the base, too, is then a LoRA of
+the pretrained T2I model on the t2i bucket with the ``train.base`` recipe (the pretrained model
+adapted to the data's prompts and resolution), and the experts and the joint baseline LoRAs of it.
 """
 from __future__ import annotations
 
@@ -19,9 +27,9 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from pipeline.core import backbone, checkpoint, compute, flow
+from pipeline.core import backbone, checkpoint, compute, flow, latents
 from pipeline.core.teacher import ROUTE_BUCKETS
-from pipeline.core.batches import Batch, Curated, random_batches
+from pipeline.core.batches import Batch, Curated, TensorSet, random_batches
 from pipeline.data import outputs, shards
 from pipeline.train.loop import Fit, Loop, StepFn, fit
 
@@ -80,12 +88,13 @@ def flow_matching_step(t_sampling: str, drop_text: float, drop_source: float, nu
     return step
 
 
-def new_model(model_params, seed: int, image_size: int, text_dim: int) -> backbone.Backbone:
-    """A backbone from `model.pretrained` or, when that is empty, from the preset registry."""
+def new_model(model_params, seed: int, tensors: TensorSet) -> backbone.Backbone:
+    """A backbone for `tensors` (images, text) from `model.pretrained` or, when that is empty, the preset registry."""
     if model_params.pretrained:
-        return backbone.load_pretrained(model_params.pretrained, text_dim)
+        return backbone.load_pretrained(model_params.pretrained, tensors.text_dim, tensors.pooled_dim,
+                                        tensors.image.shape[1])
     torch.manual_seed(seed)  # initial weights are part of "same seed, same result"
-    return backbone.build(model_params.preset, model_params.patch_size, image_size, text_dim)
+    return backbone.build(model_params.preset, model_params.patch_size, tensors.image.shape[-1], tensors.text_dim)
 
 
 def train_model(plan: Plan, train, model_params, compute_params, *, data: Curated, out: Path,
@@ -93,9 +102,12 @@ def train_model(plan: Plan, train, model_params, compute_params, *, data: Curate
     """Train the SFT model of `plan` (from `init`, or from scratch) on `data` and save it to `out`."""
     outputs.ensure_writable(out)
     device = compute.setup(compute_params)
-    tensors = data.tensors(plan.buckets, "train").to(device)  # resident: a batch is a gather, not a copy
-    model = backbone.load(init) if init else new_model(model_params, train.seed, tensors.image.shape[-1],
-                                                        tensors.text_dim)
+    # The model's space: its init's (from its card), else pixels or model.pretrained's VAE latents.
+    space = checkpoint.space([init], device) if init else latents.space(model_params.pretrained, device)
+    tensors = data.seen_in(space).tensors(plan.buckets, "train").to(device)  # resident: a batch is a gather
+    model = backbone.load(init) if init else new_model(model_params, train.seed, tensors)
+    if model_params.lora_rank:  # the init's weights stay frozen; an adapter learns the plan (saved merged)
+        backbone.add_lora(model, model_params.lora_rank, train.seed)
     r = plan.recipe
     step = flow_matching_step(r.t_sampling, train.drop_text, train.drop_source, data.null(), device, model_params.shift)
     loop = Loop(steps=plan.steps, lr=r.lr, weight_decay=train.weight_decay, grad_clip=train.grad_clip, ema=r.ema,
@@ -107,6 +119,8 @@ def train_model(plan: Plan, train, model_params, compute_params, *, data: Curate
               "drop_text": train.drop_text, "drop_source": train.drop_source, "seed": train.seed,
               "init": str(init) if init else  # a fine-tune's architecture is its init's; a new model's is params'
               {key: getattr(model_params, key) for key in ("preset", "patch_size", "pretrained")}}
+    if model_params.lora_rank:
+        recipe["lora_rank"] = model_params.lora_rank
     rank = compute.world()[0]  # each process draws its own rows, noise, t and dropout, on the device
     rng = torch.Generator(device).manual_seed(train.seed + rank)
     batches = random_batches(tensors, compute.per_rank(train.batch_size, "train.batch_size"), rng)
@@ -114,7 +128,8 @@ def train_model(plan: Plan, train, model_params, compute_params, *, data: Curate
     result = fit(model, step, batches, loop, rng=rng, work=work,
                  run_id=checkpoint.fingerprint(recipe, _shard_digest(data.shards, plan.buckets)), device=device,
                  on_log=on_log)
-    sampling = checkpoint.sampling_card(model_params.shift, tensors.image.shape[-1], data.embeddings.info)
+    sampling = checkpoint.sampling_card(model_params.shift, tensors.image.shape[-1] * space.downsample,
+                                        data.embeddings.info, space.card())
     checkpoint.save_model(result.model, out, {"name": plan.name, "recipe": recipe, "history": result.history}, sampling)
     checkpoint.finish(work)
     return result
