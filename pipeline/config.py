@@ -128,12 +128,21 @@ class World(Section):
     resolution: Positive  # canvas side in pixels; the 2x2 grid of cells scales with it
 
 
+class Stream(Section):
+    """How training reads its data (`pipeline.core.streams`)."""
+
+    enabled: bool  # false: in memory, on the device (the small world); true: streamed from the shards
+    workers: NonNegative  # DataLoader workers per process
+    buffer: Positive  # shuffle buffer, in samples
+
+
 class Data(Section):
     train_per_bucket: Positive  # samples per bucket (t2i, local_edit, global_edit, realism) and split
     test_per_bucket: Positive
     shard_size: Positive  # samples per webdataset shard
     external_csv: str  # "" = none; else a CSV (uid,task,prompt,source_image,target_image)
     external_test_fraction: Probability  # share of external rows (by hash of uid) that go to test
+    stream: Stream
 
 
 class Text(Section):

@@ -36,7 +36,8 @@ def main() -> None:
         result = distill.train_student(
             method, setting, params.fields, params.routing, params.train, params.model.shift, params.compute,
             data=data, base=args.base, experts=args.experts, router_dir=args.router, out=args.out, name=name,
-            seed=args.seed, lora_rank=params.model.lora_rank, on_log=lambda step, row: run.log_metrics(row, step))
+            seed=args.seed, lora_rank=params.model.lora_rank, stream=params.data.stream,
+            on_log=lambda step, row: run.log_metrics(row, step))
         summary = result.summary()
         tracking.write_metrics(args.metrics, summary)
         run.log_metrics(summary)

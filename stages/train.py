@@ -33,7 +33,8 @@ def main() -> None:
     name = f"{args.setting}/{args.name}" if args.setting else args.name
     with tracking.run("train", params, recipe=recipe, model=name, resume=checkpoint.work_dir(args.out)) as run:
         result = sft.train_model(plan, params.train, params.model, params.compute, data=data, out=args.out,
-                                 init=args.init, on_log=lambda step, row: run.log_metrics(row, step))
+                                 init=args.init, stream=params.data.stream,
+                                 on_log=lambda step, row: run.log_metrics(row, step))
         summary = result.summary()
         tracking.write_metrics(args.metrics, summary)
         run.log_metrics(summary)

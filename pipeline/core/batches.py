@@ -107,7 +107,7 @@ def load_tensors(root: str | Path, buckets: list[str], split: str, embeddings: E
     `route_of_bucket` (bucket -> route index, `teacher.route_index`) fills the route column. In a
     VAE's `space` the targets and the edit sources are encoded here, once (pixels stay uint8).
     """
-    records = [r for b in buckets for r in shards.read_records(root, b, split)[:limit]]
+    records = [r for b in buckets for r in shards.read_records(root, b, split, limit)]
     return stack_records(records, embeddings, route_of_bucket, space)
 
 

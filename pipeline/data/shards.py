@@ -229,8 +229,9 @@ def write_index(root: Path, rows: list[dict]) -> None:
     (root / INDEX).write_text(json.dumps(counts, indent=1, sort_keys=True) + "\n")
 
 
-def read_records(root: str | Path, bucket: str, split: str) -> list[Record]:
-    """All records of a bucket/split, in shard order, each shard checked against `INDEX`."""
+def read_records(root: str | Path, bucket: str, split: str, limit: int | None = None) -> list[Record]:
+    """The records of a bucket/split (the first `limit`, reading only the shards they are in), in
+    shard order, each shard read checked against `INDEX`."""
     root = Path(root)
     if not (root / INDEX).is_file():
         raise DataError(f"{root}: no {INDEX}; not a complete shard folder (rerun `dvc repro curate`)")
@@ -240,7 +241,12 @@ def read_records(root: str | Path, bucket: str, split: str) -> list[Record]:
         raise DataError(f"{root}: shards {missing} are not in {INDEX}")
     if len(paths) != sum(1 for k in counts if k.startswith(f"{bucket}/{split}-")):
         raise DataError(f"{root}/{bucket}: {len(paths)} {split} shards, but {INDEX} lists more; one is missing")
-    return [r for path in paths for r in read_shard(path, counts[path.relative_to(root).as_posix()])]
+    records = []
+    for path in paths:
+        if limit is not None and len(records) >= limit:
+            break
+        records += read_shard(path, counts[path.relative_to(root).as_posix()])
+    return records[:limit]
 
 
 def _split_by_rank(urls, rank: int, world_size: int):

@@ -32,7 +32,7 @@ from pathlib import Path
 import torch
 from torch import Tensor, nn
 
-from pipeline.core import backbone, checkpoint, compute, flow, teacher
+from pipeline.core import backbone, checkpoint, compute, flow, streams, teacher
 from pipeline.core.batches import Batch, Curated, routed_batches
 from pipeline.core.fields import Cond, Field
 from pipeline.data import outputs
@@ -173,11 +173,12 @@ def router_routes(router: Router, routes: Sequence[teacher.Route]) -> Callable[[
 
 def train_student(method, setting, fields, routing, train, shift: float, compute_params, *, data: Curated, base: Path,
                   experts: Path, router_dir: Path, out: Path, name: str, seed: int, lora_rank: int = 0,
-                  on_log=None) -> Fit:
+                  stream=None, on_log=None) -> Fit:
     """Distil a setting's routed fields into one student by `method` (with `seed`) and save it to `out`.
 
     `base` and `experts` (the experts' root) hold the source checkpoints the routes and the init name;
-    `lora_rank` > 0 (``model.lora_rank``) trains a LoRA of the init instead of all its weights.
+    `lora_rank` > 0 (``model.lora_rank``) trains a LoRA of the init instead of all its weights;
+    `stream` (``data.stream``) with `enabled` streams the batches from the shards (`pipeline.core.streams`).
     """
     outputs.ensure_writable(out)
     device = compute.setup(compute_params)
@@ -188,13 +189,20 @@ def train_student(method, setting, fields, routing, train, shift: float, compute
                                         fields.guidance_scale if fields.absorb_guidance else None, null, weights,
                                         compile=compute_params.compile)
     space = checkpoint.space(sources.values(), device)  # the init's and its teachers': pixels or a VAE's latents
-    tensors = data.seen_in(space).tensors(teacher.buckets(routes), "train",
-                                          route_of_bucket=teacher.route_index(routes)).to(device)
-    rank, processes = compute.world()  # each process draws its own rows, noise and query indices, on the device
-    rng = torch.Generator(device).manual_seed(seed + rank)
+    curated, (rank, processes) = data.seen_in(space), compute.world()
+    rng = torch.Generator(device).manual_seed(seed + rank)  # each process its own rows, noise and query indices
     route_rng = rng if processes == 1 else torch.Generator().manual_seed(seed)  # all processes: one route a step
-    batches = routed_batches(tensors, compute.per_rank(method.batch_size, "distill.batch_size"), rng, weights,
-                             method.routing_per, method.grad_accum, route_generator=route_rng)
+    batch_size, index = compute.per_rank(method.batch_size, "distill.batch_size"), teacher.route_index(routes)
+    if stream is not None and stream.enabled:  # streamed, one stream per route; one row gives the shapes
+        route_rng = torch.Generator().manual_seed(seed)
+        tensors = curated.tensors(teacher.buckets(routes)[:1], "train", limit=1, route_of_bucket=index)
+        batches = streams.routed_streamed_batches(
+            curated, [list(r.buckets) for r in routes], batch_size, route_rng, weights, method.routing_per,
+            method.grad_accum, seed=seed, device=device, workers=stream.workers, buffer=stream.buffer)
+    else:  # resident on the device: a batch is a gather, drawn from rng
+        tensors = curated.tensors(teacher.buckets(routes), "train", route_of_bucket=index).to(device)
+        batches = routed_batches(tensors, batch_size, rng, weights, method.routing_per, method.grad_accum,
+                                 route_generator=route_rng)
     if routing.source == "router":
         batches = relabelled(batches, router_routes(Router.load(router_dir).to(device), routes))
     student = backbone.load(sources[method.init])

@@ -27,7 +27,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from pipeline.core import backbone, checkpoint, compute, flow, latents
+from pipeline.core import backbone, checkpoint, compute, flow, latents, streams
 from pipeline.core.teacher import ROUTE_BUCKETS
 from pipeline.core.batches import Batch, Curated, TensorSet, random_batches
 from pipeline.data import outputs, shards
@@ -98,13 +98,26 @@ def new_model(model_params, seed: int, tensors: TensorSet) -> backbone.Backbone:
 
 
 def train_model(plan: Plan, train, model_params, compute_params, *, data: Curated, out: Path,
-                init: Path | None, on_log=None) -> Fit:
-    """Train the SFT model of `plan` (from `init`, or from scratch) on `data` and save it to `out`."""
+                init: Path | None, stream=None, on_log=None) -> Fit:
+    """Train the SFT model of `plan` (from `init`, or from scratch) on `data` and save it to `out`.
+
+    `stream` (``data.stream``): with `enabled`, batches are streamed from the shards
+    (`pipeline.core.streams`) instead of drawn from the data held in memory.
+    """
     outputs.ensure_writable(out)
     device = compute.setup(compute_params)
     # The model's space: its init's (from its card), else pixels or model.pretrained's VAE latents.
     space = checkpoint.space([init], device) if init else latents.space(model_params.pretrained, device)
-    tensors = data.seen_in(space).tensors(plan.buckets, "train").to(device)  # resident: a batch is a gather
+    curated, rank = data.seen_in(space), compute.world()[0]
+    rng = torch.Generator(device).manual_seed(train.seed + rank)  # each process its own rows, noise, t, dropout
+    batch_size = compute.per_rank(train.batch_size, "train.batch_size")
+    if stream is not None and stream.enabled:  # streamed; one row gives the shapes
+        tensors = curated.tensors(plan.buckets[:1], "train", limit=1)
+        batches = streams.streamed_batches(curated, plan.buckets, batch_size, seed=train.seed, device=device,
+                                           workers=stream.workers, buffer=stream.buffer)
+    else:  # resident on the device: a batch is a gather, drawn from rng
+        tensors = curated.tensors(plan.buckets, "train").to(device)
+        batches = random_batches(tensors, batch_size, rng)
     model = backbone.load(init) if init else new_model(model_params, train.seed, tensors)
     if model_params.lora_rank:  # the init's weights stay frozen; an adapter learns the plan (saved merged)
         backbone.add_lora(model, model_params.lora_rank, train.seed)
@@ -121,9 +134,6 @@ def train_model(plan: Plan, train, model_params, compute_params, *, data: Curate
               {key: getattr(model_params, key) for key in ("preset", "patch_size", "pretrained")}}
     if model_params.lora_rank:
         recipe["lora_rank"] = model_params.lora_rank
-    rank = compute.world()[0]  # each process draws its own rows, noise, t and dropout, on the device
-    rng = torch.Generator(device).manual_seed(train.seed + rank)
-    batches = random_batches(tensors, compute.per_rank(train.batch_size, "train.batch_size"), rng)
     work = checkpoint.work_dir(out)
     result = fit(model, step, batches, loop, rng=rng, work=work,
                  run_id=checkpoint.fingerprint(recipe, _shard_digest(data.shards, plan.buckets)), device=device,

@@ -1,0 +1,82 @@
+"""pipeline.core.streams: batches streamed from the shards through webdataset (`data.stream`)."""
+import itertools
+
+import torch
+
+from pipeline.core import streams
+from pipeline.core.batches import stack_records
+from pipeline.data import shards
+
+CPU = torch.device("cpu")
+
+
+def _by_key(curated, buckets):
+    return {r.key: r for b in buckets for r in shards.read_records(curated.shards, b, "train")}
+
+
+def test_a_streamed_batch_is_the_in_memory_batch_of_its_records(curated):
+    batches = streams.streamed_batches(curated, ["t2i", "local_edit"], 5, seed=0, device=CPU, workers=0, buffer=4)
+    records = _by_key(curated, ["t2i", "local_edit"])
+    seen = []
+    for x, cond in itertools.islice(batches, 4):
+        assert x.shape == (5, 3, 32, 32) and cond.text.shape[0] == 5 and x.min() >= -1 and x.max() <= 1
+        seen.append(x)
+    # The first batch, rebuilt in memory from the records the stream gave (the same seed, the same order).
+    stream = streams.record_stream(curated, ["t2i", "local_edit"], "train", seed=0, workers=0, buffer=4)
+    first = list(itertools.islice(stream, 5))
+    assert all(r.key in records for r in first)
+    x, cond = stack_records(first, curated.embeddings).batch(torch.arange(5))
+    assert torch.equal(x, seen[0])
+    text, _ = curated.embeddings.lookup([r.prompt for r in first])
+    assert torch.equal(cond.text, torch.from_numpy(text).float())
+
+
+def test_two_workers_stream_every_sample(curated):
+    # Each worker reads its own shards (split_by_worker: tests/test_data.py) and starts its next
+    # epoch when it is through them, so a short shard's samples come round sooner.
+    keys = set(_by_key(curated, ["t2i"]))
+    stream = streams.record_stream(curated, ["t2i"], "train", seed=0, workers=2, buffer=4)
+    assert {r.key for r in itertools.islice(stream, 3 * len(keys))} == keys
+
+
+def test_routed_streams_keep_the_routing_of_each_mode(curated):
+    route_buckets = [["t2i"], ["local_edit", "global_edit"]]
+
+    def batches(per, accum=1):
+        return streams.routed_streamed_batches(curated, route_buckets, 6, torch.Generator().manual_seed(0), [1.0, 1.0],
+                                               per, accum, seed=0, device=CPU, workers=0, buffer=4)
+
+    for x, cond in itertools.islice(batches("step", accum=2), 8):  # one route per batch, the route's buckets
+        assert len(set(cond.route.tolist())) == 1
+    steps = list(itertools.islice(batches("step", accum=2), 8))
+    assert all(torch.equal(a[1].route, b[1].route) for a, b in zip(steps[::2], steps[1::2]))  # accumulated alike
+    routes = [cond.route[0].item() for _, cond in itertools.islice(batches("all"), 6)]
+    assert routes == [0, 1] * 3
+    mixed = torch.cat([cond.route for _, cond in itertools.islice(batches("sample"), 20)])
+    assert 0.35 < mixed.float().mean() < 0.65  # routes mixed within batches, by the weights
+    for _, cond in itertools.islice(batches("sample"), 3):  # each sample's route is its bucket's
+        has_source = cond.source.flatten(1).abs().sum(1) > 0
+        assert torch.equal(has_source, cond.route == 1)
+
+
+def test_sft_and_distillation_train_on_streamed_batches(curated, tmp_path):
+    from pipeline.train import distill, sft
+    from tests.conftest import TINY, tiny_cfg
+    from tests.test_distributed import _sources
+
+    cfg = tiny_cfg(data={"stream": {"enabled": True, "workers": 0, "buffer": 8}}, routing={"source": "label"},
+                   train=TINY["train"] | {"log_every": 2}, distill=TINY["distill"] | {"steps": 6})
+    base = sft.train_model(sft.plan("base", cfg.train, cfg.experts), cfg.train, cfg.model, cfg.compute, data=curated,
+                           out=tmp_path / "base", init=None, stream=cfg.data.stream)
+    assert base.samples == cfg.train.base.steps * cfg.train.batch_size and (tmp_path / "base" / "config.json").is_file()
+    _sources(tmp_path / "sources", curated.tensors(["t2i"], "train", limit=1).text_dim)
+    for name in ("t2i_edit", "realism"):
+        method = cfg.method(name, cfg.settings[name].methods[0])
+        if name == "t2i_edit":
+            (tmp_path / "sources" / "experts" / "edit").symlink_to(tmp_path / "sources" / "experts" / "realism")
+        student = distill.train_student(
+            method, cfg.settings[name], cfg.fields, cfg.routing, cfg.train, cfg.model.shift, cfg.compute,
+            data=curated, base=tmp_path / "sources" / "base", experts=tmp_path / "sources" / "experts",
+            router_dir=tmp_path / "router", out=tmp_path / name, name=name, seed=0, stream=cfg.data.stream)
+        assert len(student.history) == 3 and all(row["loss"] >= 0 for row in student.history), name
+        assert (tmp_path / name / "config.json").is_file()
