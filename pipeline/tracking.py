@@ -10,7 +10,7 @@ DVC is the source of truth for artefacts and final metrics; MLflow is the dashbo
   race in MLflow's schema migration and can leave a broken database.
 - Experiment "danceopd", of kind "custom model development", so the UI opens on its runs table.
 - Runs: one per stage invocation, named after the DVC stage (`DVC_STAGE`, which DVC sets, e.g.
-  ``evaluate_student@danceopd``; plus ``[exp]`` inside `dvc exp run`). Tags: ``dvc.stage``,
+  ``evaluate_t2i_edit@danceopd-0``; plus ``[exp]`` inside `dvc exp run`). Tags: ``dvc.stage``,
   ``dvc.exp``, ``git.revision``, ``model``, ``host``, ``pid``. Params: the whole resolved
   params.yaml (``params.*``) and what this stage resolved for itself (``run.*``: a model's
   buckets, steps and init, a student's method), so two runs' params differ where they differ.

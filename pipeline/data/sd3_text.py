@@ -28,7 +28,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from pipeline.data.text import NULL_PROMPT, TextEncoder
+from pipeline.data.text import CachedEncoder, TextEncoder
 
 PRETRAINED = "pretrained"  # text.encoder: the SD3-family model's own encoders, of model.pretrained
 
@@ -43,7 +43,7 @@ def load_encoder(name: str, max_tokens: int, batch_size: int = 256, pretrained: 
     return SD3TextEncoder(pretrained, max_tokens, batch_size, device)
 
 
-class SD3TextEncoder:
+class SD3TextEncoder(CachedEncoder):
     """The frozen CLIP-L + CLIP-G (+ T5) encoders of `folder`, with an in-memory cache keyed by prompt."""
 
     def __init__(self, folder: str | Path, max_tokens: int = 256, batch_size: int = 64,
@@ -73,7 +73,7 @@ class SD3TextEncoder:
         self.dim = self.t5.config.d_model if self.has_t5 else _joint_attention_dim(folder)
         self.pooled_dim = sum(clip.config.projection_dim for clip in self.clips)
         self.batch_size, self.device = batch_size, torch.device(device)
-        self._cache: dict[str, tuple[np.ndarray, np.ndarray]] = {}
+        self._cache = {}
 
     @torch.no_grad()
     def _encode_batch(self, prompts: list[str]) -> tuple[np.ndarray, np.ndarray]:
@@ -98,23 +98,6 @@ class SD3TextEncoder:
         ids = self.t5_tokenizer(prompts, padding="max_length", max_length=self.max_tokens, truncation=True,
                                 add_special_tokens=True, return_tensors="pt").input_ids
         return self.t5(ids.to(self.device))[0]  # no attention mask, as diffusers
-
-    def encode(self, prompts: list[str]) -> tuple[np.ndarray, np.ndarray]:
-        """(text (N, L, D), pooled (N, Dp)) float32 arrays; each distinct prompt is encoded once."""
-        todo = sorted(set(prompts) - set(self._cache))  # sorted: batches, hence bytes, are reproducible
-        for i in range(0, len(todo), self.batch_size):
-            chunk = todo[i:i + self.batch_size]
-            text, pooled = self._encode_batch(chunk)
-            self._cache.update({p: (text[j], pooled[j]) for j, p in enumerate(chunk)})
-        if not prompts:
-            return np.zeros((0, self.length, self.dim), np.float32), np.zeros((0, self.pooled_dim), np.float32)
-        text, pooled = zip(*(self._cache[p] for p in prompts))
-        return np.stack(text), np.stack(pooled)
-
-    def null(self) -> tuple[np.ndarray, np.ndarray]:
-        """The empty prompt's (text (L, D), pooled (Dp,)): the null condition of CFG."""
-        text, pooled = self.encode([NULL_PROMPT])
-        return text[0], pooled[0]
 
 
 def _joint_attention_dim(folder: Path) -> int:

@@ -31,7 +31,40 @@ def encoder_dir(name: str) -> Path:
     return path
 
 
-class TextEncoder:
+class CachedEncoder:
+    """What every text encoder shares: `encode` batches the prompts it has not seen (sorted, so the
+    bytes are reproducible) through the subclass's `_encode_batch` and caches each by prompt;
+    `null` is the empty prompt's. Subclasses set `batch_size`, `length` (L), `dim` (D) and
+    `pooled_dim`, and `_cache = {}`."""
+
+    batch_size: int
+    length: int
+    dim: int
+    pooled_dim: int
+    _cache: dict[str, tuple[np.ndarray, np.ndarray]]
+
+    def _encode_batch(self, prompts: list[str]) -> tuple[np.ndarray, np.ndarray]:
+        raise NotImplementedError
+
+    def encode(self, prompts: list[str]) -> tuple[np.ndarray, np.ndarray]:
+        """(text (N, L, D), pooled (N, pooled_dim)) float32 arrays; each distinct prompt is encoded once."""
+        todo = sorted(set(prompts) - set(self._cache))
+        for i in range(0, len(todo), self.batch_size):
+            chunk = todo[i:i + self.batch_size]
+            text, pooled = self._encode_batch(chunk)
+            self._cache.update({p: (text[j], pooled[j]) for j, p in enumerate(chunk)})
+        if not prompts:
+            return np.zeros((0, self.length, self.dim), np.float32), np.zeros((0, self.pooled_dim), np.float32)
+        text, pooled = zip(*(self._cache[p] for p in prompts))
+        return np.stack(text), np.stack(pooled)
+
+    def null(self) -> tuple[np.ndarray, np.ndarray]:
+        """The empty prompt's (text (L, D), pooled (pooled_dim,)): the null condition of CFG."""
+        text, pooled = self.encode([NULL_PROMPT])
+        return text[0], pooled[0]
+
+
+class TextEncoder(CachedEncoder):
     """Frozen tokenizer + encoder with an in-memory cache keyed by prompt."""
 
     def __init__(self, name: str = "minilm", max_tokens: int = 24, batch_size: int = 256):
@@ -42,10 +75,10 @@ class TextEncoder:
         path = encoder_dir(name)
         self.tokenizer = AutoTokenizer.from_pretrained(path, local_files_only=True)
         self.model = AutoModel.from_pretrained(path, local_files_only=True).eval().requires_grad_(False)
-        self.max_tokens = max_tokens
+        self.max_tokens = self.length = max_tokens
         self.batch_size = batch_size
-        self.dim = self.model.config.hidden_size
-        self._cache: dict[str, tuple[np.ndarray, np.ndarray]] = {}
+        self.dim = self.pooled_dim = self.model.config.hidden_size
+        self._cache = {}
 
     @torch.no_grad()
     def _encode_batch(self, prompts: list[str]) -> tuple[np.ndarray, np.ndarray]:
@@ -57,20 +90,3 @@ class TextEncoder:
         pooled = text.sum(1) / mask.sum(1)  # (B, D)
         pooled = torch.nn.functional.normalize(pooled, dim=-1)
         return text.numpy(), pooled.numpy()
-
-    def encode(self, prompts: list[str]) -> tuple[np.ndarray, np.ndarray]:
-        """(text (N, L, D), pooled (N, D)) float32 arrays; each distinct prompt is encoded once."""
-        todo = sorted(set(prompts) - set(self._cache))  # sorted: batches, hence bytes, are reproducible
-        for i in range(0, len(todo), self.batch_size):
-            chunk = todo[i:i + self.batch_size]
-            text, pooled = self._encode_batch(chunk)
-            self._cache.update({p: (text[j], pooled[j]) for j, p in enumerate(chunk)})
-        if not prompts:
-            return np.zeros((0, self.max_tokens, self.dim), np.float32), np.zeros((0, self.dim), np.float32)
-        text, pooled = zip(*(self._cache[p] for p in prompts))
-        return np.stack(text), np.stack(pooled)
-
-    def null(self) -> tuple[np.ndarray, np.ndarray]:
-        """The empty prompt's (text (L, D), pooled (D,)): the null condition of CFG."""
-        text, pooled = self.encode([NULL_PROMPT])
-        return text[0], pooled[0]
