@@ -8,6 +8,7 @@ each process draws its own samples.
 import json
 import os
 import socket
+import subprocess
 import sys
 from pathlib import Path
 
@@ -133,3 +134,15 @@ def test_a_two_process_distillation_follows_the_one_process_loss_curve(curated, 
     for a, b, c in zip(curve(one), curve(two), curve(other_seed)):
         assert b == pytest.approx(a, rel=0.05) and c == pytest.approx(a, rel=0.05)
     assert not (tmp_path / "student2-0.partial").exists() and (tmp_path / "student2-0" / "config.json").is_file()
+
+
+def test_a_stage_relaunches_itself_under_torchrun(tmp_path):
+    """`compute.relaunch`: `python -m <stage> args` with compute.nproc = 2 becomes 2 processes of
+    one group, each with the stage's arguments, rank 0 the writer."""
+    root = Path(__file__).resolve().parents[1]
+    proc = subprocess.run([sys.executable, "-m", "tests.relaunch_probe", str(tmp_path), "2"], cwd=root,
+                          capture_output=True, text=True, timeout=300)
+    assert proc.returncode == 0, proc.stderr
+    seen = [json.loads((tmp_path / f"rank{r}.json").read_text()) for r in range(2)]
+    assert [s["size"] for s in seen] == [2, 2] and [s["main"] for s in seen] == [True, False]
+    assert all(s["sum"] == 3 and s["argv"] == [str(tmp_path), "2"] for s in seen)  # one group, the same argv
