@@ -21,6 +21,7 @@ def main() -> None:
     models = [str(p) for p in checkpoint.source_folders(args.base, args.experts, sources).values()]
     with tracking.run("merge", params, recipe={"mean_of": models}, model=f"{args.setting}/merge") as run:
         log = {"name": "merge", "recipe": {"mean_of": models}, "history": []}
+        checkpoint.space(models)  # one space (pixels, or one VAE's latents) for all, or an error naming them
         checkpoint.save_model(backbone.average(models), args.out, log, checkpoint.read_sampling(models[0]))
         run.log_artifact(args.out / checkpoint.LOG)
     print(f"merge: mean of {len(models)} models -> {args.out}")

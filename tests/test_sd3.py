@@ -64,7 +64,7 @@ def test_latents_without_shift_factor(sd3, tmp_path):
 
 def test_latents_bad_inputs(sd3, tmp_path):
     latents = Latents(sd3)
-    with pytest.raises(ValueError, match="not a multiple of 2"):
+    with pytest.raises(ValueError, match="downsamples by 2"):
         latents.encode(_images(size=31))
     with pytest.raises(ValueError, match="channels"):
         latents.decode(torch.zeros(1, 3, 16, 16))
@@ -159,19 +159,3 @@ def test_merged_copy_is_a_frozen_plain_teacher(sd3):
         assert not torch.allclose(adapted, _run(base), atol=1e-4)  # the step did change the model
         assert torch.allclose(_run(teacher), adapted, atol=1e-5)
     assert lora.lora_layers(model) and any(p.requires_grad for p in model.parameters())  # student untouched
-
-
-def test_adapter_save_load_round_trip(sd3, tmp_path):
-    from peft import PeftModel
-
-    model = _trained(sd3)
-    lora.save_adapter(model, tmp_path / "adapter")
-    assert {p.name for p in (tmp_path / "adapter").iterdir()} == {lora.WEIGHTS, lora.CONFIG}
-    loaded = lora.load_adapter(_transformer(sd3), tmp_path / "adapter")
-    assert all(".lora_" in n for n, p in loaded.named_parameters() if p.requires_grad)
-    with torch.no_grad():
-        assert torch.equal(_run(loaded), _run(model))
-        peft_model = PeftModel.from_pretrained(_transformer(sd3), tmp_path / "adapter")  # peft's own reader
-        assert torch.equal(_run(peft_model.base_model.model), _run(model))
-    with pytest.raises(FileNotFoundError, match="peft adapter"):
-        lora.load_adapter(_transformer(sd3), tmp_path)

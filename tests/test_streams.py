@@ -1,6 +1,7 @@
 """pipeline.core.streams: batches streamed from the shards through webdataset (`data.stream`)."""
 import itertools
 
+import pytest
 import torch
 
 from pipeline.core import streams
@@ -80,3 +81,9 @@ def test_sft_and_distillation_train_on_streamed_batches(curated, tmp_path):
             router_dir=tmp_path / "router", out=tmp_path / name, name=name, seed=0, stream=cfg.data.stream)
         assert len(student.history) == 3 and all(row["loss"] >= 0 for row in student.history), name
         assert (tmp_path / name / "config.json").is_file()
+
+
+def test_too_few_shards_for_the_readers_is_an_error_naming_the_keys(curated):
+    n = len(shards.shard_paths(curated.shards, "t2i", "train"))
+    with pytest.raises(ValueError, match=rf"data.stream: {n} shard\(s\).*data.stream.workers = {n + 1}"):
+        streams.record_stream(curated, ["t2i"], "train", seed=0, workers=n + 1, buffer=4)

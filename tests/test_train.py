@@ -238,3 +238,15 @@ def test_shifted_t_sampling_moves_t_like_the_sampling_grid(curated):
         seen[mode] = seen["t"]
     assert torch.allclose(seen["uniform_shifted"], flow.shift_time(seen["uniform"], 3.0))
     assert seen["uniform_shifted"].mean() > 0.6 > seen["uniform"].mean()  # more of the training near noise
+
+
+def test_a_state_saved_with_other_generators_starts_afresh(curated, tmp_path, capsys):
+    """Another device, data.stream or process count saves other generators: the run starts again
+    instead of failing on them (or resuming with the wrong ones)."""
+    model, step, tensors = _setup(curated)
+    _fit(model, step, tensors, tmp_path, steps=2, checkpoint_every=1)  # leaves the state of step 1
+    rng = torch.Generator().manual_seed(0)
+    lp = dataclasses.replace(LOOP, steps=2, checkpoint_every=1)
+    fit = loop.fit(model, step, random_batches(tensors, 8, rng), lp, rng=(rng, torch.Generator()), run_id="r",
+                   work=tmp_path / "work", device=torch.device("cpu"))
+    assert "starting afresh" in capsys.readouterr().out and [r["step"] for r in fit.history] == [1, 2]

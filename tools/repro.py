@@ -5,9 +5,10 @@ downstream of them) as soon as the stages whose outputs they read are done, `--j
 the 2-core CPU, two at a time halve the default run's wall time; on a GPU machine several small
 stages share the card (one alone leaves it idle most of the time). Each stage runs its own `cmd`
 from the repository root with `DVC_STAGE` set, as DVC runs it, its output in
-`.dvc/tmp/repro/<stage>.log`. When all have succeeded, `dvc commit -f` records them in `dvc.lock`
-(DVC hashes the outputs then; the run-cache is not consulted). A failed stage stops new starts;
-the running ones finish, nothing is committed, and the log names it.
+`.dvc/tmp/repro/<stage>.log`. `dvc commit -f` then records the stages that succeeded in
+`dvc.lock` (DVC hashes their outputs; the run-cache is not consulted). A failed stage stops new
+starts; the running ones finish, those that succeeded are committed (a rerun starts after them),
+and the log names the failure. Frozen stages are left as they are.
 
     python tools/repro.py --jobs 2                        # the default params, ~30 min on 2 cores
     python tools/repro.py --jobs 8 --dry                  # what would run
@@ -38,9 +39,9 @@ def _within(a: str, b: str) -> bool:
     return a == b or a.startswith(b + "/") or b.startswith(a + "/")
 
 
-def plan(repo: Repo) -> tuple[dict[str, str], dict[str, set[str]], set[str]]:
-    """(stage -> cmd, stage -> the stages it reads outputs of, the stages to run)."""
-    stages = {s.addressing: s for s in repo.index.stages if s.cmd}
+def plan(repo: Repo) -> tuple[dict[str, tuple[str, str]], dict[str, set[str]], set[str]]:
+    """(stage -> (cmd, its working folder), stage -> the stages it reads outputs of, the stages to run)."""
+    stages = {s.addressing: s for s in repo.index.stages if s.cmd and not s.frozen}
     outs = {name: [str(o.def_path) for o in s.outs] for name, s in stages.items()}
     needs = {name: {other for other in stages if other != name
                     and any(_within(str(d.def_path), o) for d in s.deps for o in outs[other])}
@@ -48,18 +49,19 @@ def plan(repo: Repo) -> tuple[dict[str, str], dict[str, set[str]], set[str]]:
     todo = set(repo.status()) & set(stages)
     while grown := {n for n in stages if n not in todo and needs[n] & todo}:  # downstream of a stale stage
         todo |= grown
-    return {n: s.cmd for n, s in stages.items()}, needs, todo
+    return {n: (s.cmd, s.wdir) for n, s in stages.items()}, needs, todo
 
 
-def run(cmds: dict[str, str], needs: dict[str, set[str]], todo: set[str], jobs: int) -> list[str]:
-    """Run `todo` in dependency order, `jobs` at once; the stages that failed."""
+def run(cmds: dict[str, tuple[str, str]], needs: dict[str, set[str]], todo: set[str],
+        jobs: int) -> tuple[list[str], list[str]]:
+    """Run `todo` in dependency order, `jobs` at once: (the stages that succeeded, those that failed)."""
     LOGS.mkdir(parents=True, exist_ok=True)
-    done, running, failed = set(cmds) - todo, {}, []
+    done, running, failed, succeeded = set(cmds) - todo, {}, [], []
 
     def start(name: str):
-        tic = time.time()
+        tic, (cmd, wdir) = time.time(), cmds[name]
         with open(LOGS / f"{name}.log", "w") as log:
-            code = subprocess.run(cmds[name], shell=True, env=os.environ | {"DVC_STAGE": name}, stdout=log,
+            code = subprocess.run(cmd, shell=True, cwd=wdir, env=os.environ | {"DVC_STAGE": name}, stdout=log,
                                   stderr=subprocess.STDOUT).returncode
         return code, time.time() - tic
 
@@ -78,11 +80,12 @@ def run(cmds: dict[str, str], needs: dict[str, set[str]], todo: set[str], jobs: 
                 code, seconds = future.result()
                 if code == 0:
                     done.add(name)
+                    succeeded.append(name)
                 else:
                     failed.append(name)
                 state = "done" if code == 0 else f"FAILED (exit {code}; see {LOGS / name}.log)"
                 print(f"{time.strftime('%H:%M:%S')} {state} {name} in {seconds:.0f} s", flush=True)
-    return failed
+    return succeeded, failed
 
 
 def main() -> None:
@@ -99,10 +102,12 @@ def main() -> None:
     print(f"{len(todo)} stage(s) to run: {', '.join(sorted(todo)) or 'none'}", flush=True)
     if args.dry or not todo:
         return
-    if failed := run(cmds, needs, todo, args.jobs):
-        sys.exit(f"failed: {', '.join(failed)}; nothing committed")
-    subprocess.run([sys.executable, "-m", "dvc", "commit", "-f", "-q"], check=True)
-    print("dvc.lock updated (dvc commit)", flush=True)
+    succeeded, failed = run(cmds, needs, todo, args.jobs)
+    if succeeded:
+        subprocess.run([sys.executable, "-m", "dvc", "commit", "-f", "-q", *succeeded], check=True)
+        print(f"dvc.lock updated for {len(succeeded)} stage(s) (dvc commit)", flush=True)
+    if failed:
+        sys.exit(f"failed: {', '.join(failed)}")
 
 
 if __name__ == "__main__":

@@ -13,9 +13,9 @@ joins the group in `setup` (NCCL on CUDA, one GPU per process; gloo on the CPU),
 """
 from __future__ import annotations
 
+import atexit
 import contextlib
 import os
-import subprocess
 import sys
 
 import torch
@@ -38,8 +38,12 @@ def setup(compute) -> torch.device:
     device = device_for(compute.device)
     if "WORLD_SIZE" in os.environ and int(os.environ["WORLD_SIZE"]) > 1 and not dist.is_initialized():
         if device.type == "cuda":
+            if device.index >= torch.cuda.device_count():
+                raise ValueError(f"compute.nproc: {os.environ['WORLD_SIZE']} processes, but this machine has "
+                                 f"{torch.cuda.device_count()} GPU(s): one each")
             torch.cuda.set_device(device)
         dist.init_process_group("nccl" if device.type == "cuda" else "gloo")
+        atexit.register(dist.destroy_process_group)
     return device
 
 
@@ -56,14 +60,16 @@ def is_main() -> bool:
 
 
 def relaunch(compute) -> None:
-    """Run this stage as `compute.nproc` processes under torchrun and exit with its status; a no-op
-    for one process or inside torchrun. Call it first in a training stage's `main`."""
+    """Replace this process by torchrun running this stage as `compute.nproc` processes (a signal to
+    the stage then reaches them all); a no-op for one process or inside torchrun. Call it first in
+    a training stage's `main`, which must run as a module (`python -m stages.<name>`, as dvc.yaml does)."""
     if compute.nproc <= 1 or "LOCAL_RANK" in os.environ:
         return
-    module = sys.modules["__main__"].__spec__.name  # the stage runs as `python -m stages.<name>`
-    cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", f"--nproc_per_node={compute.nproc}",
-           "-m", module, *sys.argv[1:]]
-    raise SystemExit(subprocess.call(cmd))
+    spec = sys.modules["__main__"].__spec__
+    if spec is None:
+        raise SystemExit(f"compute.nproc = {compute.nproc}: run the stage as a module (python -m stages.<name>)")
+    os.execv(sys.executable, [sys.executable, "-m", "torch.distributed.run", "--standalone",
+                              f"--nproc_per_node={compute.nproc}", "-m", spec.name, *sys.argv[1:]])
 
 
 def per_rank(batch_size: int, key: str) -> int:

@@ -27,12 +27,13 @@ class Latents:
 
     def __init__(self, folder: str | Path, device: str | torch.device = "cpu", batch_size: int = 16,
                  dtype: torch.dtype = torch.float32):
-        self.folder = str(folder)  # as given (model.pretrained): what a model's card names
+        self.folder = str(Path(folder))  # as given (model.pretrained), normalised: what a model's card names
         folder = Path(folder)
         if (folder / "vae" / "config.json").is_file():
             folder = folder / "vae"  # a whole pipeline folder
         if not (folder / "config.json").is_file():
-            raise FileNotFoundError(f"{folder}: not a local diffusers VAE folder (no config.json)")
+            raise FileNotFoundError(f"{folder}: not a local diffusers VAE folder (no config.json; model.pretrained "
+                                    f"or a model card's latents.vae names it)")
         self.vae = AutoencoderKL.from_pretrained(folder, local_files_only=True, dtype=dtype)
         self.vae.to(device).eval().requires_grad_(False)
         config = self.vae.config
@@ -51,7 +52,8 @@ class Latents:
     def encode(self, images: Tensor) -> Tensor:
         """Images (B, 3, H, W) in [-1, 1] -> latents (B, C, H/d, W/d) float32, on the images' device."""
         if images.shape[-1] % self.downsample or images.shape[-2] % self.downsample:
-            raise ValueError(f"latents: image size {tuple(images.shape[-2:])} is not a multiple of {self.downsample}")
+            raise ValueError(f"world.resolution: images of {tuple(images.shape[-2:])} pixels do not map to latents of "
+                             f"{self.folder}'s VAE, which downsamples by {self.downsample}")
         return self._batched(images, self._encode)
 
     @torch.no_grad()

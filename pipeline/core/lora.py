@@ -5,37 +5,25 @@
   model starts as its base; alpha = rank unless given. Afterwards only the adapter is trainable.
 - A teacher is a `merged_copy`: a frozen deep copy with the adapter folded into the weights and peft's
   wrappers gone. Teacher LoRAs are never stacked on the student's trainable adapter.
-- `save_adapter` writes peft's own on-disk format (adapter_config.json + adapter_model.safetensors, keys
-  prefixed ``base_model.model.``, as ``PeftModel.save_pretrained`` does), so
-  ``PeftModel.from_pretrained(transformer, folder)`` reads it too. Key paths are relative to the model
-  the adapter was added to: add it to the SD3Transformer2DModel (not a wrapper around it) so any SD3
-  transformer of that architecture can load it.
+- Add it to the SD3Transformer2DModel (not a wrapper around it): the adapter's module paths are then
+  those of any SD3 transformer of that architecture.
 """
 from __future__ import annotations
 
 import copy
-from pathlib import Path
 
-from peft import LoraConfig, get_peft_model_state_dict, inject_adapter_in_model, set_peft_model_state_dict
+from peft import LoraConfig, inject_adapter_in_model
 from peft.tuners.tuners_utils import BaseTunerLayer
-from safetensors.torch import load_file, save_file
 from torch import nn
 
 TARGETS = ["to_q", "to_k", "to_v", "to_out.0", "add_q_proj", "add_k_proj", "add_v_proj", "to_add_out"]
 ADAPTER = "default"
-WEIGHTS = "adapter_model.safetensors"  # peft's SAFETENSORS_WEIGHTS_NAME
-CONFIG = "adapter_config.json"  # peft's CONFIG_NAME
-PREFIX = "base_model.model."  # what PeftModel.save_pretrained puts before every key
 
 
 def add_lora(model: nn.Module, rank: int, alpha: float | None = None) -> nn.Module:
     """Inject a fresh gaussian-init LoRA into `model` in place; freeze everything else. Returns `model`."""
     config = LoraConfig(r=rank, lora_alpha=rank if alpha is None else alpha, target_modules=TARGETS,
                         init_lora_weights="gaussian")
-    return _inject(model, config)
-
-
-def _inject(model: nn.Module, config: LoraConfig) -> nn.Module:
     if lora_layers(model):
         raise ValueError("lora: the model already has an adapter; merge it into a copy instead of stacking")
     model.requires_grad_(False)
@@ -64,28 +52,3 @@ def merged_copy(model: nn.Module) -> nn.Module:
         if getattr(module, "_hf_peft_config_loaded", False):
             module._hf_peft_config_loaded = False
     return merged.eval().requires_grad_(False)
-
-
-def save_adapter(model: nn.Module, folder: str | Path) -> None:
-    """Write the adapter of `model` as peft does: adapter_config.json + adapter_model.safetensors."""
-    folder = Path(folder)
-    folder.mkdir(parents=True, exist_ok=True)
-    state = get_peft_model_state_dict(model, adapter_name=ADAPTER)  # {path.lora_A.weight: tensor}
-    save_file({PREFIX + k: v.detach().contiguous() for k, v in state.items()}, folder / WEIGHTS,
-              metadata={"format": "pt"})
-    model.peft_config[ADAPTER].save_pretrained(str(folder))
-
-
-def load_adapter(model: nn.Module, folder: str | Path) -> nn.Module:
-    """Inject the adapter saved in `folder` into a plain `model` (in place; only it trainable). Returns `model`."""
-    folder = Path(folder)
-    if not (folder / WEIGHTS).is_file() or not (folder / CONFIG).is_file():
-        raise FileNotFoundError(f"{folder}: not a peft adapter folder ({CONFIG} + {WEIGHTS})")
-    config = LoraConfig.from_pretrained(str(folder))
-    _inject(model, config)
-    result = set_peft_model_state_dict(model, load_file(folder / WEIGHTS), adapter_name=ADAPTER)
-    missing = [k for k in result.missing_keys if "lora_" in k]
-    if result.unexpected_keys or missing:
-        raise ValueError(f"{folder}: adapter does not fit the model (unexpected {result.unexpected_keys[:3]}, "
-                         f"missing {missing[:3]})")
-    return model

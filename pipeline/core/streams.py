@@ -3,8 +3,8 @@
 The small world fits in memory: `pipeline.core.batches` stacks it once (on the training device)
 and draws rows with replacement from the training generator, so a resumed run replays its batches
 exactly. A stream instead reads the shards through webdataset (`shards.stream_records`): each
-process of a multi-process run its own shards, each DataLoader worker (`data.stream_workers`) a
-part of those, samples mixed in a shuffle buffer (`data.stream_buffer`), epochs without end. A
+process of a multi-process run its own shards, each DataLoader worker (`data.stream.workers`) a
+part of those, samples mixed in a shuffle buffer (`data.stream.buffer`), epochs without end. A
 batch is the next `batch_size` records, with their prompts' embeddings, moved to the device. The
 routing of `routed_batches` is kept: one stream per route, the route of each step (or sample)
 drawn by the route weights. A resumed streamed run starts its streams again from their beginning:
@@ -18,6 +18,7 @@ from collections.abc import Iterator, Mapping, Sequence
 import torch
 from torch.utils.data import DataLoader
 
+from pipeline.core import compute
 from pipeline.core.batches import Batch, Curated, stack_records
 from pipeline.data import shards
 
@@ -28,7 +29,15 @@ def _records(sample: shards.Record) -> shards.Record:  # the DataLoader's collat
 
 def record_stream(data: Curated, buckets: list[str], split: str, *, seed: int, workers: int,
                   buffer: int) -> Iterator[shards.Record]:
-    """Endless records of `buckets`/`split`: this process's shards, read by `workers` DataLoader workers."""
+    """Endless records of `buckets`/`split`: this process's shards, read by `workers` DataLoader workers.
+
+    Every reader (each worker of each process) needs a shard of its own: too few is an error naming
+    the keys that set them, before any worker starts."""
+    n_shards, processes = sum(len(shards.shard_paths(data.shards, b, split)) for b in buckets), compute.world()[1]
+    if n_shards < processes * max(1, workers):
+        raise ValueError(f"data.stream: {n_shards} shard(s) of {buckets}/{split} for compute.nproc = {processes} "
+                         f"process(es) x data.stream.workers = {workers}: each reader needs one (smaller "
+                         f"data.shard_size gives more shards, fewer workers need fewer)")
     dataset = shards.stream_records(data.shards, buckets, split, seed=seed, shuffle_buffer=buffer)
     return iter(DataLoader(dataset, batch_size=None, collate_fn=_records, num_workers=workers,
                            persistent_workers=workers > 0))

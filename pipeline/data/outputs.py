@@ -22,7 +22,7 @@ def ensure_writable(*outputs: str | Path) -> None:
         folder = out.absolute().parent
         while not folder.exists():
             folder = folder.parent
-        probe = folder / f".{out.name}.write-check"
+        probe = folder / f".{out.name}.write-check-{os.getpid()}"  # one per process: ranks probe at once
         try:
             probe.write_bytes(b"")
             probe.unlink()

@@ -54,7 +54,8 @@ class SD3TextEncoder(CachedEncoder):
         hf_logging.disable_progress_bar()
         folder = Path(folder)
         if not (folder / "text_encoder" / "config.json").is_file():
-            raise FileNotFoundError(f"{folder}: not a local SD3 diffusers folder (no text_encoder/config.json)")
+            raise FileNotFoundError(f"text.encoder: pretrained: model.pretrained {folder} is not a local SD3 diffusers "
+                                    f"folder (no text_encoder/config.json)")
 
         def load(cls, name):
             return cls.from_pretrained(folder / name, local_files_only=True, dtype=dtype).to(device).eval().requires_grad_(False)

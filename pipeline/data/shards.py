@@ -272,4 +272,5 @@ def stream_records(root: str | Path, buckets: list[str], split: str, *, seed: in
     nodesplitter = wds.split_by_node if rank is None else partial(_split_by_rank, rank=rank, world_size=world_size)
     dataset = wds.WebDataset(urls, shardshuffle=len(urls), detshuffle=True, seed=seed, nodesplitter=nodesplitter,
                              workersplitter=wds.split_by_worker)
-    return dataset.shuffle(shuffle_buffer, seed=seed).decode("rgb8").map(_record).repeat()
+    # detshuffle seeds each epoch's buffer with seed + epoch (`.shuffle(seed=)` would repeat one order).
+    return dataset.compose(wds.filters.detshuffle(shuffle_buffer, seed=seed)).decode("rgb8").map(_record).repeat()

@@ -43,6 +43,7 @@ from pipeline.train.router import Router
 # low-noise (late) end. Beta(1, 1) is the uniform distribution.
 QUERY_BETA = {"low": (5, 2), "mid": (5, 5), "high": (2, 5), "uniform": (1, 1)}
 RETRIES = 50  # per query, the reference's budget of Beta draws for K distinct indices
+ROUTE_SEED = 2**32  # + seed: the route generator shared by all processes (not rank 0's own stream)
 
 
 def query_indices(n_states: int, batch: int, k: int, query: str,
@@ -118,7 +119,7 @@ def query_states(student: nn.Module, x: Tensor, cond: Cond, method, shift: float
     return flow.interpolate(x.to(device)[owner], noise, t), t, owner  # (B*K, C, H, W)
 
 
-@torch.inference_mode()
+@torch.no_grad()  # not inference mode: the target enters the loss's graph (as a constant)
 def routed_target(teacher: Field, x_t: Tensor, t: Tensor, cond: Cond) -> Tensor:
     """The teacher's velocity at the query states: a fixed target, no graph whatever the teacher wraps."""
     return teacher(x_t, t, cond).detach().float()  # (B*K, C, H, W)
@@ -155,18 +156,18 @@ def relabelled(batches: Iterator[Batch], route_of: Callable[[Cond], Tensor]) -> 
         yield x, dataclasses.replace(cond, route=route_of(cond).to(torch.long))
 
 
-def router_routes(router: Router, routes: Sequence[teacher.Route]) -> Callable[[Cond], Tensor]:
+def router_routes(router: Router, routes: Sequence[teacher.Route],
+                  device: torch.device = torch.device("cpu")) -> Callable[[Cond], Tensor]:
     """Each sample's route from the router's predicted task. A sample keeps its labelled route when
     its route is not one the router predicts (a realism route: its prompts are T2I prompts) or when
-    the predicted task has no route in this setting (t2i in Local + Global)."""
+    the predicted task has no route in this setting (t2i in Local + Global). `device`: the batches'."""
     index = teacher.route_index(routes)
-    task_route = torch.tensor([index.get(task, -1) for task in router.classes])  # predicted class -> route
-    predicted = torch.tensor([any(b in router.classes for b in r.buckets) for r in routes])  # (n_routes,)
+    task_route = torch.tensor([index.get(task, -1) for task in router.classes], device=device)  # class -> route
+    predicted = torch.tensor([any(b in router.classes for b in r.buckets) for r in routes], device=device)
 
     def route_of(cond: Cond) -> Tensor:
-        on = cond.route.device
-        guess = task_route.to(on)[router.route(cond).to(on)]  # (B,), -1 where the setting has no such route
-        return torch.where(predicted.to(on)[cond.route] & (guess >= 0), guess, cond.route)
+        guess = task_route[router.route(cond)]  # (B,), -1 where the setting has no such route
+        return torch.where(predicted[cond.route] & (guess >= 0), guess, cond.route)
 
     return route_of
 
@@ -182,7 +183,7 @@ def train_student(method, setting, fields, routing, train, shift: float, compute
     """
     outputs.ensure_writable(out)
     device = compute.setup(compute_params)
-    routes, null = teacher.routes(setting), data.null()
+    routes, null = teacher.routes(setting), tuple(v.to(device) for v in data.null())  # moved once, not per call
     weights = [routing.weights[r.name] for r in routes]
     sources = checkpoint.source_folders(base, experts, [r.source for r in routes] + [method.init])
     target_field = teacher.load_teacher(routes, sources, device, method.routing_mode,
@@ -191,10 +192,10 @@ def train_student(method, setting, fields, routing, train, shift: float, compute
     space = checkpoint.space(sources.values(), device)  # the init's and its teachers': pixels or a VAE's latents
     curated, (rank, processes) = data.seen_in(space), compute.world()
     rng = torch.Generator(device).manual_seed(seed + rank)  # each process its own rows, noise and query indices
-    route_rng = rng if processes == 1 else torch.Generator().manual_seed(seed)  # all processes: one route a step
+    route_rng = rng if processes == 1 else torch.Generator().manual_seed(ROUTE_SEED + seed)  # all: one route a step
     batch_size, index = compute.per_rank(method.batch_size, "distill.batch_size"), teacher.route_index(routes)
     if stream is not None and stream.enabled:  # streamed, one stream per route; one row gives the shapes
-        route_rng = torch.Generator().manual_seed(seed)
+        route_rng = torch.Generator().manual_seed(ROUTE_SEED + seed)
         tensors = curated.tensors(teacher.buckets(routes)[:1], "train", limit=1, route_of_bucket=index)
         batches = streams.routed_streamed_batches(
             curated, [list(r.buckets) for r in routes], batch_size, route_rng, weights, method.routing_per,
@@ -204,7 +205,7 @@ def train_student(method, setting, fields, routing, train, shift: float, compute
         batches = routed_batches(tensors, batch_size, rng, weights, method.routing_per, method.grad_accum,
                                  route_generator=route_rng)
     if routing.source == "router":
-        batches = relabelled(batches, router_routes(Router.load(router_dir).to(device), routes))
+        batches = relabelled(batches, router_routes(Router.load(router_dir).to(device), routes, device))
     student = backbone.load(sources[method.init])
     if lora_rank:  # the init's weights stay frozen; the adapter is merged when the student is saved
         backbone.add_lora(student, lora_rank, seed)

@@ -9,9 +9,9 @@ bf16 autocast and fused AdamW on CUDA, optional ``torch.compile`` of the forward
 (the stage fails instead of saving a broken model), a progress bar, logging, and a checkpoint
 every ``checkpoint_every`` steps from which a killed stage resumes (`pipeline.core.checkpoint`).
 
-No step waits for the device: the loss is summed on the device and read, with the NaN/inf
-guard, only every ``log_every`` steps, before a checkpoint and at the end (on a GPU, a read per
-step would stall the queue of kernels each time). The batches and ``rng`` live on the training
+The loop reads nothing from the device inside a step: the loss is summed on the device and read,
+with the NaN/inf guard, only every ``log_every`` steps and before a checkpoint (on a GPU, a read
+per step would stall the queue of kernels each time). The batches and ``rng`` live on the training
 device, so nothing is copied in either (`pipeline.core.batches`).
 
 Under torchrun (`compute.nproc` > 1) the model is wrapped in DistributedDataParallel: each
@@ -151,17 +151,20 @@ def fit(model: nn.Module, step_fn: StepFn, batches: Iterator[Batch], loop: Loop,
     tic = start = time.perf_counter()
     window, seen, total_seen = [], 0, 0
 
-    def mean_over_processes(total: Tensor) -> float:
+    def window_mean() -> float | None:
+        """The loss of the steps since the last read, averaged over them and the processes: the only
+        read of the loss; a NaN/inf stops the stage."""
+        if not window:
+            return None
+        total = sum(window)
         if processes > 1:
             dist.all_reduce(total)
             total /= processes
-        return float(total)
-
-    def guard() -> None:  # the only reads of the loss: a NaN/inf in this window stops the stage
-        if window and not math.isfinite(total := mean_over_processes(sum(window))):
+        if not math.isfinite(mean := float(total) / len(window)):
             checkpoint.finish(work)  # resuming would replay it: the saved state goes too
             first = progress["step"] - len(window)
-            raise FloatingPointError(f"{name}: loss is {total} in steps {first}..{progress['step'] - 1}; stopping")
+            raise FloatingPointError(f"{name}: loss is {mean} in steps {first}..{progress['step'] - 1}; stopping")
+        return mean
 
     while progress["step"] < loop.steps:
         opt.zero_grad(set_to_none=True)
@@ -183,9 +186,7 @@ def fit(model: nn.Module, step_fn: StepFn, batches: Iterator[Batch], loop: Loop,
         window.append(loss_sum)
         bar.update(1)
         if progress["step"] % loop.log_every == 0 or progress["step"] == loop.steps:
-            guard()
-            row = {"step": progress["step"], "loss": mean_over_processes(sum(window)) / len(window),
-                   "grad_norm": float(grad_norm)}
+            row = {"step": progress["step"], "loss": window_mean(), "grad_norm": float(grad_norm)}
             extra = {"samples_per_s": processes * seen / (time.perf_counter() - tic), "lr": schedule.get_last_lr()[0]}
             progress["history"].append(row)
             bar.set_postfix(loss=f"{row['loss']:.4f}")
@@ -193,11 +194,17 @@ def fit(model: nn.Module, step_fn: StepFn, batches: Iterator[Batch], loop: Loop,
                 on_log(progress["step"], row | extra)
             tic, window, total_seen, seen = time.perf_counter(), [], total_seen + seen, 0
         if progress["step"] % loop.checkpoint_every == 0 and progress["step"] < loop.steps:
-            guard()
+            window_mean()
             _save(work, run_id, model, opt, schedule, ema, rngs, batches, progress)
     bar.close()
     samples = processes * (total_seen + seen)
     return Fit(ema.final(model).eval(), progress["history"], time.perf_counter() - start, samples)
+
+
+def _frozen(model: nn.Module) -> set[str]:
+    """The parameters that do not train (a LoRA's base weights): the run's init holds them, so a
+    checkpoint leaves them out."""
+    return {n for n, p in model.named_parameters() if not p.requires_grad}
 
 
 def _save(work: Path, run_id: str, model, opt, schedule, ema: EMA, rngs, batches, progress: dict) -> None:
@@ -207,9 +214,11 @@ def _save(work: Path, run_id: str, model, opt, schedule, ema: EMA, rngs, batches
         generators = [None] * compute.world()[1]
         dist.all_gather_object(generators, [g.get_state() for g in rngs])
     if compute.world()[0] == 0:
+        frozen = _frozen(model)
         checkpoint.save_state(work, run_id, {
-            "model": model.state_dict(), "optimizer": opt.state_dict(), "schedule": schedule.state_dict(),
-            "ema": ema.state_dict(), "generators": generators,
+            "model": {k: v for k, v in model.state_dict().items() if k not in frozen},
+            "optimizer": opt.state_dict(), "schedule": schedule.state_dict(), "ema": ema.state_dict(),
+            "generators": generators,
             "batches": batches.state_dict() if hasattr(batches, "state_dict") else None, "progress": progress})
 
 
@@ -218,15 +227,21 @@ def _resume(work: Path, run_id: str, model, opt, schedule, ema: EMA, rngs, batch
     if state is None:
         return
     rank, processes = compute.world()
-    if len(state["generators"]) != processes:
-        print(f"{work / checkpoint.STATE}: saved by {len(state['generators'])} processes, not {processes}; starting afresh")
+    saved = state.get("generators") or []
+    if len(saved) != processes or [s.numel() for s in saved[rank]] != [g.get_state().numel() for g in rngs]:
+        print(f"{work / checkpoint.STATE}: saved by another number of processes or generators (another device "
+              f"or data.stream); starting afresh")
         return
-    model.load_state_dict(state["model"])
+    frozen = _frozen(model)
+    missing, unexpected = model.load_state_dict(state["model"], strict=False)
+    if unexpected or set(missing) - frozen:
+        raise RuntimeError(f"{work / checkpoint.STATE}: the model's keys differ ({sorted(unexpected)[:3]} saved, "
+                           f"{sorted(set(missing) - frozen)[:3]} missing); delete it to start afresh")
     opt.load_state_dict(state["optimizer"])
     schedule.load_state_dict(state["schedule"])
     ema.load_state_dict(state["ema"])
-    for g, saved in zip(rngs, state["generators"][rank], strict=True):
-        g.set_state(saved)
+    for g, generator_state in zip(rngs, saved[rank], strict=True):
+        g.set_state(generator_state)
     if state["batches"] is not None:
         batches.load_state_dict(state["batches"])
     progress.update(state["progress"])

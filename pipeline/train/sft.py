@@ -69,7 +69,7 @@ def flow_matching_step(t_sampling: str, drop_text: float, drop_source: float, nu
     density, shifted = t_sampling.removesuffix("_shifted"), t_sampling.endswith("_shifted")
 
     def step(model: nn.Module, batch: Batch, gen: torch.Generator) -> Tensor:
-        x, cond = batch  # (B, 3, H, W), on the generator's device (no copy then) or the CPU
+        x, cond = batch[0].to(device), batch[1].to(device)  # (B, C, H, W); no copy when already there
         b, on = len(x), gen.device
         noise = torch.randn(x.shape, generator=gen, device=on)
         t = flow.sample_t(b, density, generator=gen)  # (B,)
@@ -77,11 +77,11 @@ def flow_matching_step(t_sampling: str, drop_text: float, drop_source: float, nu
             t = flow.shift_time(t, shift)
         no_text = torch.rand(b, generator=gen, device=on) < drop_text  # (B,)
         no_source = torch.rand(b, generator=gen, device=on) < drop_source
+        noise, t, no_text, no_source = (v.to(device) for v in (noise, t, no_text, no_source))
         cond = dataclasses.replace(  # the null condition CFG needs at sampling time
             cond, text=torch.where(no_text.view(-1, 1, 1), null_text, cond.text),
             pooled=torch.where(no_text.view(-1, 1), null_pooled, cond.pooled),
             source=torch.where(no_source.view(-1, 1, 1, 1), 0.0, cond.source))
-        x, noise, t, cond = x.to(device), noise.to(device), t.to(device), cond.to(device)
         v = model(flow.interpolate(x, noise, t), t, cond)
         return F.mse_loss(v.float(), flow.target_velocity(x, noise))
 
