@@ -145,7 +145,7 @@ def bench_size(size: str, modes: list[str], device: torch.device, peak: float, s
                 sec = _time(step_runner(step_kind, student, forward, teacher, data, device, micro, accum), device, seconds)
                 samples = micro * accum
                 tflops = forward_equivalents(step_kind) * fwd * samples / sec / 1e12
-                row |= {"samples_per_s": round(samples / sec, 1), "ms_per_step": round(sec * 1e3, 2),
+                row |= {"samples_per_s": round(samples / sec, 3), "ms_per_step": round(sec * 1e3, 2),
                         "tflops": round(tflops, 2), "mfu": round(tflops / peak, 4)}
             except Exception as err:  # an out-of-memory or compile failure is a row, not the end of the run
                 row["error"] = f"{type(err).__name__}: {str(err).splitlines()[0][:200]}"
