@@ -100,7 +100,8 @@ class EMA:
         if self.model is not None:
             weight = 1.0 - self.current_decay()
             for avg, p in zip(self.model.parameters(), model.parameters()):
-                avg.lerp_(p, weight)
+                if p.requires_grad:  # a frozen weight (a LoRA's base) equals its average already
+                    avg.lerp_(p, weight)
             self.updates += 1
 
     def final(self, model: nn.Module) -> nn.Module:
@@ -168,16 +169,8 @@ def fit(model: nn.Module, step_fn: StepFn, batches: Iterator[Batch], loop: Loop,
 
     while progress["step"] < loop.steps:
         opt.zero_grad(set_to_none=True)
-        loss_sum = torch.zeros((), dtype=torch.float64, device=device)  # float64: the sum a Python float gave
-        for micro in range(loop.grad_accum):
-            batch = next(batches)
-            last = micro == loop.grad_accum - 1  # DDP averages the gradients once, after the last micro-batch
-            with contextlib.nullcontext() if last or processes == 1 else wrapped.no_sync():
-                with compute.autocast(device):
-                    loss = step_fn(forward, batch, rngs[0])
-                (loss / loop.grad_accum).backward()
-            loss_sum += loss.detach().double() / loop.grad_accum
-            seen += len(batch[0])
+        loss_sum, samples = _accumulate(wrapped, forward, step_fn, batches, rngs[0], loop.grad_accum, device)
+        seen += samples
         grad_norm = nn.utils.clip_grad_norm_(model.parameters(), loop.grad_clip)
         opt.step()
         schedule.step()
@@ -199,6 +192,23 @@ def fit(model: nn.Module, step_fn: StepFn, batches: Iterator[Batch], loop: Loop,
     bar.close()
     samples = processes * (total_seen + seen)
     return Fit(ema.final(model).eval(), progress["history"], time.perf_counter() - start, samples)
+
+
+def _accumulate(wrapped: nn.Module, forward, step_fn: StepFn, batches: Iterator[Batch], rng: torch.Generator,
+                accum: int, device: torch.device) -> tuple[Tensor, int]:
+    """The gradients of `accum` micro-batches, each loss scaled by 1/accum: (the mean loss as a float64
+    tensor on the device, the samples seen). Under DDP the gradients are averaged once, after the last."""
+    loss_sum, samples = torch.zeros((), dtype=torch.float64, device=device), 0  # float64: a Python float's sum
+    for micro in range(accum):
+        batch = next(batches)
+        sync = micro == accum - 1 or not isinstance(wrapped, DistributedDataParallel)
+        with contextlib.nullcontext() if sync else wrapped.no_sync():
+            with compute.autocast(device):
+                loss = step_fn(forward, batch, rng)
+            (loss / accum).backward()
+        loss_sum += loss.detach().double() / accum
+        samples += len(batch[0])
+    return loss_sum, samples
 
 
 def _frozen(model: nn.Module) -> set[str]:
