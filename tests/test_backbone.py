@@ -105,3 +105,65 @@ def test_a_new_model_ignores_the_source_until_trained_on_it():
         a = model(x, t, Cond(text, pooled, torch.randn(2, 3, 32, 32)))
         b = model(x, t, Cond(text, pooled, None))
     assert torch.equal(a, b)
+
+
+def _fixed_output(model, out):
+    """Make the model's transformer return `out` whatever its inputs (the network's prediction)."""
+    model.transformer.forward = lambda **kwargs: (out,)
+    return model
+
+
+def test_sample_prediction_returns_the_velocity_of_its_clean_image():
+    # x_t = (1 - t) x0 + t noise: a network that predicts x0 exactly gives the path's velocity noise - x0.
+    g = torch.Generator().manual_seed(3)
+    x0, noise = torch.rand(4, 3, 16, 16, generator=g) * 2 - 1, torch.randn(4, 3, 16, 16, generator=g)
+    t = torch.tensor([1.0, 0.5, 0.2, backbone.T_MIN])
+    x_t = (1 - t.view(-1, 1, 1, 1)) * x0 + t.view(-1, 1, 1, 1) * noise
+    model = _fixed_output(backbone.build("tiny", 4, 16, 384, prediction="sample"), x0)
+    torch.testing.assert_close(model(x_t, t, _cond(4)), noise - x0, rtol=1e-5, atol=1e-5)
+    # below T_MIN the division is capped: v = (x_t - x0) / T_MIN = (t / T_MIN) (noise - x0)
+    small = torch.full((4,), 0.01)
+    x_s = (1 - 0.01) * x0 + 0.01 * noise
+    torch.testing.assert_close(model(x_s, small, _cond(4)), (0.01 / backbone.T_MIN) * (noise - x0), rtol=1e-5,
+                               atol=1e-5)
+    # the velocity model returns the network's output as it is
+    velocity = _fixed_output(backbone.build("tiny", 4, 16, 384), x0)
+    assert torch.equal(velocity(x_t, t, _cond(4)), x0)
+
+
+def test_sample_prediction_is_read_back_from_the_checkpoint(tmp_path):
+    torch.manual_seed(0)
+    model = backbone.build("tiny", 4, 16, 384, prediction="sample")
+    model.save(tmp_path / "x")
+    loaded = backbone.load(tmp_path / "x")
+    assert loaded.prediction == "sample"
+    x, t, cond = torch.randn(2, 3, 16, 16), torch.rand(2), _cond()
+    assert torch.equal(model(x, t, cond), loaded(x, t, cond))
+    torch.manual_seed(0)
+    backbone.build("tiny", 4, 16, 384).save(tmp_path / "v")  # same weights, velocity
+    assert backbone.load(tmp_path / "v").prediction == "velocity"
+    assert not torch.equal(backbone.load(tmp_path / "v")(x, t, cond), loaded(x, t, cond))
+    with pytest.raises(ValueError, match="do not share one architecture"):  # never averaged together
+        backbone.average([tmp_path / "x", tmp_path / "v"])
+    with pytest.raises(ValueError, match="model.prediction: 'noise'"):
+        backbone.build("tiny", 4, 16, 384, prediction="noise")
+
+
+def test_sampling_a_sample_model_is_diffusers_euler_on_its_velocities():
+    from diffusers import FlowMatchEulerDiscreteScheduler
+
+    from pipeline.core import flow
+
+    torch.manual_seed(0)
+    model = backbone.build("tiny", 4, 16, 384, prediction="sample").eval()
+    with torch.no_grad():  # a random source path would be zero: make the output depend on x, t and text
+        model.transformer.proj_out.weight.normal_(0, 0.5)
+    cond, noise = _cond(), torch.randn(2, 3, 16, 16, generator=torch.Generator().manual_seed(5))
+    scheduler = FlowMatchEulerDiscreteScheduler(shift=3.0)
+    scheduler.set_timesteps(16)
+    x = noise
+    with torch.no_grad():
+        for i, timestep in enumerate(scheduler.timesteps):
+            x = scheduler.step(model(x, scheduler.sigmas[i].expand(2), cond), timestep, x).prev_sample
+        ours = flow.euler_sample(model, noise, cond, flow.time_grid(16, 3.0))
+    assert torch.equal(ours, x)

@@ -6,6 +6,15 @@
 - Text stream: the frozen encoder's token embeddings (B, L, D); pooled embedding (B, Dp) (Dp = D
   but for SD3's own encoders).
 - Timestep: the transformer receives ``t * 1000`` (diffusers' SD3 convention; t=1 is noise).
+- Prediction (``model.prediction``): the network's output is the velocity itself (``velocity``, SD3's
+  and every pretrained model's) or the clean image x̂₀ (``sample``: "x-prediction, v-loss", Li & He
+  2025, arXiv 2511.13720). Either way `Backbone.forward` returns a velocity: for ``sample``,
+  ``v = (x_t - x̂₀) / max(t, T_MIN)``, the path's velocity were x̂₀ the data (x_t = (1-t) x₀ + t·noise
+  gives noise - x₀ = (x_t - x₀) / t), so fields, the sampler, CFG, routing and every loss stay as they
+  are. Images lie on a low-dimensional manifold and noise does not: a narrow transformer with wide
+  patch tokens can predict the former, not the latter. The choice is part of the transformer's
+  config (``_prediction`` in config.json, a private key diffusers keeps without complaint), read
+  back at load, so a checkpoint never depends on today's params.
 
 A checkpoint is a diffusers folder (``save_pretrained``: config.json + safetensors), so it
 describes itself and loading never reads today's params.yaml. ``model.pretrained`` names such a
@@ -44,24 +53,36 @@ PRESETS = {
 }
 
 
+PREDICTIONS = ("velocity", "sample")
+# x-prediction's velocity divides by t: below T_MIN the division is capped (JiT's clip), so the
+# v-loss weight (x0 - x̂0)^2 / t^2 stays bounded near the data end.
+T_MIN = 0.05
+
+
 class Backbone(nn.Module):
-    """SD3 transformer + the conditioning layout of this project."""
+    """SD3 transformer + the conditioning layout of this project; returns a velocity whatever it predicts."""
 
     def __init__(self, transformer: SD3Transformer2DModel):
         super().__init__()
         self.transformer = transformer
         self.channels = transformer.config.out_channels
+        self.prediction = transformer.config.get("_prediction", "velocity")  # a plain SD3 folder: velocity
+        if self.prediction not in PREDICTIONS:
+            raise ValueError(f"model config _prediction: {self.prediction!r}; expected one of {PREDICTIONS}")
 
     def forward(self, x: Tensor, t: Tensor, cond: Cond) -> Tensor:
         source = torch.zeros_like(x) if cond.source is None else cond.source.to(x)  # (B, C, H, W)
         hidden = torch.cat([x, source], dim=1)  # (B, 2C, H, W)
-        return self.transformer(
+        out = self.transformer(
             hidden_states=hidden,
             encoder_hidden_states=cond.text.to(x),  # (B, L, D)
             pooled_projections=cond.pooled.to(x),  # (B, D)
             timestep=t.to(x) * 1000,  # (B,)
             return_dict=False,
-        )[0]  # (B, C, H, W)
+        )[0]  # (B, C, H, W): v, or x̂₀
+        if self.prediction == "velocity":
+            return out
+        return velocity_from_sample(x, out, t)
 
     def save(self, folder: str | Path) -> None:
         """Write a self-describing diffusers folder (config.json + weights); a LoRA merged into a copy first."""
@@ -69,8 +90,17 @@ class Backbone(nn.Module):
         model.transformer.save_pretrained(folder, safe_serialization=True)
 
 
-def build(preset: str, patch_size: int, image_size: int, text_dim: int, channels: int = 3) -> Backbone:
-    """A freshly initialised backbone from the preset registry."""
+def velocity_from_sample(x: Tensor, x0: Tensor, t: Tensor) -> Tensor:
+    """The velocity (B, C, H, W) at x_t (B, C, H, W), time t (B,), whose clean end is x̂₀: (x_t - x̂₀) / max(t, T_MIN)."""
+    t = t.float().clamp_min(T_MIN).reshape(-1, *([1] * (x.dim() - 1)))  # (B, 1, 1, 1)
+    return (x - x0) / t  # in x's precision at least: a bf16 x̂₀ is promoted before the division amplifies its error
+
+
+def build(preset: str, patch_size: int, image_size: int, text_dim: int, channels: int = 3,
+          prediction: str = "velocity") -> Backbone:
+    """A freshly initialised backbone from the preset registry, predicting the velocity or the clean image."""
+    if prediction not in PREDICTIONS:
+        raise ValueError(f"model.prediction: {prediction!r}; expected one of {PREDICTIONS}")
     if preset not in PRESETS:
         raise ValueError(f"model.preset: unknown preset {preset!r}; expected one of {sorted(PRESETS)}")
     if image_size % patch_size:
@@ -82,6 +112,7 @@ def build(preset: str, patch_size: int, image_size: int, text_dim: int, channels
         joint_attention_dim=text_dim, pooled_projection_dim=text_dim, caption_projection_dim=width,
         pos_embed_max_size=image_size // patch_size, **spec,
     )
+    transformer.register_to_config(_prediction=prediction)
     with torch.no_grad():  # a T2I model ignores the source, as a pretrained one (which has none) does
         transformer.pos_embed.proj.weight[:, channels:] = 0
     return Backbone(transformer)
@@ -156,8 +187,8 @@ def average(folders: list[str | Path]) -> Backbone:
 
 
 def json_config(model: Backbone) -> str:
-    """The architecture config as a canonical string (without the diffusers bookkeeping keys)."""
+    """The architecture config and prediction as a canonical string (without diffusers' bookkeeping keys)."""
     import json
 
-    return json.dumps({k: v for k, v in model.transformer.config.items() if not k.startswith("_")},
-                      sort_keys=True, default=str)
+    config = {k: v for k, v in model.transformer.config.items() if not k.startswith("_")}
+    return json.dumps(config | {"prediction": model.prediction}, sort_keys=True, default=str)

@@ -2,7 +2,7 @@
 
 A model folder is the backbone's diffusers folder (config.json + safetensors) and says how to use
 it: `scheduler/` (the diffusers `FlowMatchEulerDiscreteScheduler` config, with its shift),
-`sampling.json` (resolution, pixel range, time convention, how the edit source enters, the text
+`sampling.json` (resolution, pixel range, time convention, what the network predicts, how the edit source enters, the text
 encoder and its token length, and for a model of a VAE's latent space the VAE: `latents`, read back
 by `space`) and a `README.md` model card; plus `train_log.json`: what produced
 it (its name, init and the resolved params its training read) and its loss history. Nothing in
@@ -75,6 +75,8 @@ def save_model(model, out: Path, log: dict, sampling: dict) -> None:
     if not compute.is_main():
         return
 
+    # What the network predicts is the model's own (backbone.Backbone.prediction); the card says it too.
+    sampling = sampling | {"prediction": getattr(model, "prediction", "velocity")}
     with atomic_dir(out) as tmp:
         model.save(tmp)
         FlowMatchEulerDiscreteScheduler(shift=sampling["shift"]).save_pretrained(tmp / "scheduler")
@@ -96,6 +98,8 @@ def _card(name: str, log: dict, sampling: dict) -> str:
     trained = (f"{history[-1]['step']} steps, final loss {history[-1]['loss']:.4f}" if history
                else "not trained (a weight merge)")
     text, latents = sampling["text_encoder"], sampling.get("latents")
+    prediction = ("clean-image prediction: the network predicts x0, the model returns the velocity\n"
+                  "(x_t - x0) / max(t, 0.05)" if sampling.get("prediction") == "sample" else "velocity prediction")
     latent_line = "" if latents is None else (
         f"\n- x, the source and the velocity live in the latents of the VAE of `{latents['vae']}` "
         f"({latents['channels']} channels, 1/{latents['downsample']} of the resolution)")
@@ -108,8 +112,7 @@ def _card(name: str, log: dict, sampling: dict) -> str:
                      f"zeroed,\n  and their masked-mean pooled embedding; CFG's null text is the empty prompt")
     return f"""# {name}
 
-A flow-matching image model of the DanceOPD pipeline (diffusers `SD3Transformer2DModel`, velocity
-prediction). {trained}; the recipe is in `train_log.json`.
+A flow-matching image model of the DanceOPD pipeline (diffusers `SD3Transformer2DModel`, {prediction}). {trained}; the recipe is in `train_log.json`.
 
 ## Sample it
 

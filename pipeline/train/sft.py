@@ -94,7 +94,8 @@ def new_model(model_params, seed: int, tensors: TensorSet) -> backbone.Backbone:
         return backbone.load_pretrained(model_params.pretrained, tensors.text_dim, tensors.pooled_dim,
                                         tensors.image.shape[1])
     torch.manual_seed(seed)  # initial weights are part of "same seed, same result"
-    return backbone.build(model_params.preset, model_params.patch_size, tensors.image.shape[-1], tensors.text_dim)
+    return backbone.build(model_params.preset, model_params.patch_size, tensors.image.shape[-1], tensors.text_dim,
+                          prediction=model_params.prediction)
 
 
 def train_model(plan: Plan, train, model_params, compute_params, *, data: Curated, out: Path,
@@ -131,7 +132,7 @@ def train_model(plan: Plan, train, model_params, compute_params, *, data: Curate
               "loop": dataclasses.asdict(loop), "batch_size": train.batch_size,
               "drop_text": train.drop_text, "drop_source": train.drop_source, "seed": train.seed,
               "init": str(init) if init else  # a fine-tune's architecture is its init's; a new model's is params'
-              {key: getattr(model_params, key) for key in ("preset", "patch_size", "pretrained")}}
+              {key: getattr(model_params, key) for key in ("preset", "patch_size", "prediction", "pretrained")}}
     if model_params.lora_rank:
         recipe["lora_rank"] = model_params.lora_rank
     work = checkpoint.work_dir(out)
