@@ -155,6 +155,8 @@ class Text(Section):
 class Model(Section):
     preset: ModelPreset  # a backbone depth/width from the registry
     patch_size: Positive
+    prediction: Literal["velocity", "sample"]  # what the network predicts (pipeline.core.backbone); the
+    # model returns a velocity either way. A pretrained SD3 model predicts the velocity.
     shift: PositiveFloat  # SD3 time shift of the sampling grid
     pretrained: str  # "" = build from `preset`; else a local diffusers folder: an SD3-family pipeline
     # (its transformer; its VAE's latents when it has a vae/) or a bare transformer folder
@@ -299,6 +301,7 @@ class Eval(Section):
     count: Positive  # test samples per bucket
     steps: Positive  # Euler steps
     guidance: PositiveFloat  # CFG scale at sampling time
+    image_guidance: PositiveFloat  # edits: InstructPix2Pix's source scale (1 = single-scale CFG on the text)
     seed: int
     evaluator: Evaluator
 
@@ -397,6 +400,9 @@ def _check(cfg: Config) -> list[str]:
     if cfg.text.encoder == "pretrained" and not cfg.model.pretrained:
         problems.append("text.encoder: 'pretrained' means the text encoders of model.pretrained, which is empty; "
                         "set model.pretrained to a local SD3-family diffusers folder")
+    if cfg.model.prediction != "velocity" and cfg.model.pretrained:
+        problems.append(f"model.prediction: {cfg.model.prediction!r}, but model.pretrained is an SD3-family model, "
+                        f"which predicts the velocity (use prediction: velocity with it)")
     if cfg.model.lora_rank and not cfg.model.pretrained:
         problems.append(f"model.lora_rank: {cfg.model.lora_rank} trains LoRA adapters on a pretrained base, but "
                         f"model.pretrained is empty (set it, or lora_rank: 0 for full fine-tuning)")

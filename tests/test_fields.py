@@ -154,6 +154,30 @@ def test_guided_null_keeps_source_and_drops_text(x, t, null):
     assert torch.equal(seen.pooled[B:], null[1].expand(B, D))
 
 
+def test_two_scale_guidance_is_instructpix2pix_s_formula(x, t, null):
+    model, cond = ToyModel(), make_cond()
+    inner = Recorder(model)
+    v = GuidedField(inner, 4.0, *null, image_scale=1.5)(x, t, cond)
+    assert [len(c) for c in inner.calls] == [3 * B]  # cond, text null, text+source null in one call
+    text_null = Cond(null[0].expand(B, L, D), null[1].expand(B, D), cond.source)
+    none = Cond(null[0].expand(B, L, D), null[1].expand(B, D), torch.zeros_like(cond.source))
+    v_cond, v_src, v_none = model(x, t, cond), model(x, t, text_null), model(x, t, none)
+    torch.testing.assert_close(v, v_none + 1.5 * (v_src - v_none) + 4.0 * (v_cond - v_src))
+    # ToyModel adds the source: the image term is exactly 1.5 x source, the text term CFG's
+    text_term = model(x, t, Cond(cond.text, cond.pooled, None)) - model(x, t, Cond(*null_pair(null), None))
+    torch.testing.assert_close(v, model(x, t, Cond(*null_pair(null), None)) + 1.5 * cond.source + 4.0 * text_term)
+    # image scale 1 is single-scale CFG, and a T2I batch (no source) ignores the image scale
+    torch.testing.assert_close(GuidedField(model, 4.0, *null, image_scale=1.0)(x, t, cond),
+                               GuidedField(model, 4.0, *null)(x, t, cond))
+    t2i = make_cond(source=False)
+    torch.testing.assert_close(GuidedField(model, 4.0, *null, image_scale=1.5)(x, t, t2i),
+                               GuidedField(model, 4.0, *null)(x, t, t2i))
+
+
+def null_pair(null):
+    return null[0].expand(B, L, D), null[1].expand(B, D)
+
+
 # --- RoutedField --------------------------------------------------------------------------------
 
 

@@ -8,7 +8,10 @@ any field and never inspect which kind it is, so they compose: ``GuidedField(Rou
 
 CFG convention (DESIGN §2): ``v = v_null + s * (v_cond - v_null)``; ``s = 1`` is the plain
 conditional field. The null condition is the empty prompt's embedding; for an edit it keeps the
-source image, so guidance strengthens the instruction, not the image conditioning.
+source image, so guidance strengthens the instruction, not the image conditioning. An edit may
+also be guided by its source, InstructPix2Pix's two scales (Brooks et al. 2023, eq. 3):
+``v = v(∅, ∅) + s_I (v(src, ∅) - v(∅, ∅)) + s_T (v(src, txt) - v(src, ∅))``, the image null a zero
+source (what SFT's source dropout trains); ``s_I = 1`` is the single-scale CFG above.
 """
 
 from __future__ import annotations
@@ -103,22 +106,30 @@ class ModelField:
 
 
 class GuidedField:
-    """Classifier-free guidance on any field: v_null + scale (v_cond - v_null)."""
+    """Classifier-free guidance on any field: v_null + scale (v_cond - v_null); with `image_scale`
+    != 1, InstructPix2Pix's two scales for the edits' source (module docstring)."""
 
-    def __init__(self, field: Field, scale: float, null_text: Tensor, null_pooled: Tensor):
+    def __init__(self, field: Field, scale: float, null_text: Tensor, null_pooled: Tensor, image_scale: float = 1.0):
         self.field = field
         self.scale = float(scale)
+        self.image_scale = float(image_scale)
         self.null_text = null_text  # (L, D) the empty prompt's token embeddings
         self.null_pooled = null_pooled  # (D,) the empty prompt's pooled embedding
 
     def __call__(self, x: Tensor, t: Tensor, cond: Cond) -> Tensor:
-        if self.scale == 1.0:  # the guided field *is* the conditional one; save the null half
+        two_scale = self.image_scale != 1.0 and cond.source is not None
+        if self.scale == 1.0 and not two_scale:  # the guided field *is* the conditional one; save the nulls
             return self.field(x, t, cond)
-        # The null keeps the source image (and route) and drops only the text.
+        # The text null keeps the source image (and route) and drops only the text.
         null = cond.with_text(self.null_text, self.null_pooled)
-        v = self.field(torch.cat([x, x]), torch.cat([t, t]), cond.cat(null))  # (2B, C, H, W)
-        v_cond, v_null = v.chunk(2)  # (B, C, H, W) each
-        return v_null + self.scale * (v_cond - v_null)
+        if not two_scale:
+            v = self.field(torch.cat([x, x]), torch.cat([t, t]), cond.cat(null))  # (2B, C, H, W)
+            v_cond, v_null = v.chunk(2)  # (B, C, H, W) each
+            return v_null + self.scale * (v_cond - v_null)
+        none = replace(null, source=torch.zeros_like(cond.source))  # neither text nor source
+        v = self.field(torch.cat([x, x, x]), torch.cat([t, t, t]), cond.cat(null).cat(none))  # (3B, C, H, W)
+        v_cond, v_source, v_none = v.chunk(3)  # (B, C, H, W) each
+        return v_none + self.image_scale * (v_source - v_none) + self.scale * (v_cond - v_source)
 
 
 class RoutedField:

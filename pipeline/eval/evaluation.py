@@ -51,8 +51,9 @@ def sample_bucket(field, data: Curated, bucket: str, eval_params, shift: float, 
     test = data.tensors([bucket], "test", limit=eval_params.count, route_of_bucket=route_of_bucket)
     x, cond = test.batch(torch.arange(len(test)))
     tic = time.perf_counter()
+    image_guidance = eval_params.image_guidance if test.has_source.any() else 1.0  # edits only
     out = generate(field, cond, steps=eval_params.steps, shift=shift, seed=eval_params.seed, guidance=guidance,
-                   null=data.null(), image_shape=tuple(x.shape[1:]), device=device)
+                   null=data.null(), image_shape=tuple(x.shape[1:]), device=device, image_guidance=image_guidance)
     out = data.space.decode(out)  # (N, 3, H, W) in [-1, 1]: pixels as they are, latents through the VAE
     return test, shards.to_uint8(out), time.perf_counter() - tic
 
@@ -74,9 +75,16 @@ def evaluate(field, ev, data: Curated, eval_params, shift: float, guidance: floa
     result = scores(outcomes)
     result |= _distribution_metrics(ev, out["t2i"][1])
     n_images = sum(len(images) for _, images in out.values())
-    result |= {"nfe": eval_params.steps * (1 if guidance == 1.0 else 2), "guidance": guidance,
+    result |= {"nfe": eval_params.steps * nfe_factor(guidance, eval_params.image_guidance), "guidance": guidance,
+               "image_guidance": eval_params.image_guidance,
                "sec_per_image": seconds / n_images, "samples_per_bucket": eval_params.count}
     return result, outcomes, labelled_grid(panels)
+
+
+def nfe_factor(guidance: float, image_guidance: float) -> int:
+    """Network evaluations per sampling step of the costliest bucket: 1 unguided, 2 with CFG, 3 with
+    the edits' two scales."""
+    return 3 if image_guidance != 1.0 else 1 if guidance == 1.0 else 2
 
 
 def scores(outcomes: dict) -> dict:

@@ -22,16 +22,17 @@ def noise_like(n: int, shape: tuple[int, ...], seed: int) -> Tensor:
 @torch.no_grad()
 def generate(model, cond: Cond, *, steps: int, shift: float, seed: int, guidance: float = 1.0,
              null: tuple[Tensor, Tensor] | None = None, image_shape: tuple[int, ...] = (3, 32, 32),
-             device: torch.device | None = None) -> Tensor:
+             device: torch.device | None = None, image_guidance: float = 1.0) -> Tensor:
     """Images (B, C, H, W) in [-1, 1] from `steps` Euler steps of a model or any field.
 
-    guidance != 1 wraps it in CFG and needs the null text; the device defaults to the model's.
+    guidance != 1 wraps it in CFG and needs the null text; image_guidance != 1 guides edits by their
+    source too (InstructPix2Pix's two scales, `GuidedField`). The device defaults to the model's.
     """
     field = model  # called under no_grad; not ModelField, which would freeze a model still training
-    if guidance != 1.0:
+    if guidance != 1.0 or (image_guidance != 1.0 and cond.source is not None):
         if null is None:
             raise ValueError("generate: guidance != 1 needs the null text embedding")
-        field = GuidedField(field, guidance, *null)
+        field = GuidedField(field, guidance, *null, image_scale=image_guidance)
     device = device or (next(model.parameters()).device if isinstance(model, nn.Module) else torch.device("cpu"))
     noise = noise_like(len(cond), image_shape, seed).to(device)
     grid = flow.time_grid(steps, shift)

@@ -46,6 +46,21 @@ def category_mean_interval(ok: Sequence[bool], categories: Sequence[str], seed: 
     return _percentiles(means.mean(0))
 
 
+def paired_category_difference(ok_a: Sequence[float], ok_b: Sequence[float], categories: Sequence[str],
+                               seed: int = 0) -> tuple[float, float, float]:
+    """(difference, lo, hi): the category-mean score of a minus b's, two models scored on the same
+    prompts and noise, with a bootstrap that resamples prompts within each category and takes both
+    models' outcomes of each drawn prompt (so what the prompts share cancels)."""
+    a, b, categories = np.asarray(ok_a, np.float64), np.asarray(ok_b, np.float64), np.asarray(categories)
+    if a.shape != b.shape or a.shape != categories.shape:
+        raise ValueError(f"paired_category_difference: outcomes {a.shape}, {b.shape} and categories "
+                         f"{categories.shape} must pair up one to one")
+    groups = [a[categories == c] - b[categories == c] for c in dict.fromkeys(categories.tolist())]
+    rng = np.random.default_rng(seed)
+    means = np.stack([g[rng.integers(0, len(g), (RESAMPLES, len(g)))].mean(1) for g in groups])  # (C, B)
+    return (float(np.mean([g.mean() for g in groups])), *_percentiles(means.mean(0)))
+
+
 def mean_interval(values: Sequence[float], seed: int = 0) -> tuple[float, float]:
     """Bootstrap interval of a plain mean (NaNs dropped)."""
     v = np.asarray(values, dtype=np.float64)
