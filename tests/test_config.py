@@ -36,7 +36,8 @@ def test_repo_params_load():
     assert cfg.fields.absorb_guidance is False  # params.yaml's `fields.cfg`
     assert set(cfg.experts) == {"local_edit", "global_edit", "edit", "realism"}
     assert cfg.experts["edit"].buckets == ["local_edit", "global_edit"]
-    assert isinstance(cfg.train.base.lr, float) and cfg.train.finetune.t_sampling == "uniform"
+    assert isinstance(cfg.train.base.lr, float) and cfg.train.finetune.t_sampling == "logit_normal_shifted"
+    assert cfg.model.prediction == "sample" and cfg.model.patch_size == 8  # README "Teachers"
 
 
 def test_every_design_section_present():

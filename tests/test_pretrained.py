@@ -39,7 +39,8 @@ def sd3(tmp_path_factory):
 @pytest.fixture(scope="module")
 def cfg(sd3):
     return tiny_cfg(text={"encoder": "pretrained", "max_tokens": MAX_TOKENS},
-                    model={"pretrained": str(sd3), "lora_rank": RANK}, routing={"source": "label"})
+                    model={"pretrained": str(sd3), "lora_rank": RANK, "prediction": "velocity"},
+                    routing={"source": "label"})
 
 
 @pytest.fixture(scope="module")

@@ -35,7 +35,8 @@ def test_latents_round_trip_shapes_and_batching(sd3):
     assert z.shape == (3, 4, 16, 16) and z.dtype == torch.float32
     x = latents.decode(z)
     assert x.shape == (3, 3, 32, 32) and x.abs().max() <= 1
-    assert torch.allclose(z, Latents(sd3, batch_size=8).encode(_images()), atol=1e-6)
+    # chunking changes only float32 summation order (conv kernels block by batch on some CPUs)
+    assert torch.allclose(z, Latents(sd3, batch_size=8).encode(_images()), rtol=1e-4, atol=1e-5)
     assert torch.equal(z, latents.encode(_images()))  # the posterior's mode: deterministic
 
 
