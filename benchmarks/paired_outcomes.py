@@ -1,0 +1,81 @@
+"""Paired differences between two evaluations of the same test prompts with the same noise.
+
+`stages.evaluate` writes every per-sample outcome to ``data/outcomes/<group>/<name>.json``; two such
+files (two models, or one model before and after a change of params) pair up sample for sample. For
+each score both carry, this prints a minus b with its 95% interval from a bootstrap that resamples
+prompts (within each category for the category-mean scores) and takes both outcomes of each drawn
+prompt, so what the prompts share cancels:
+
+    git show HEAD~1:data/outcomes/sources/base.json > /tmp/before.json    # or any saved copy
+    python benchmarks/paired_outcomes.py data/outcomes/sources/base.json /tmp/before.json
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from pathlib import Path
+
+import numpy as np
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+from pipeline.data import world  # noqa: E402
+from pipeline.eval import stats  # noqa: E402
+
+# category-mean scores: (name, outcome key, the categories it averages)
+CATEGORY_SCORES = (("geneval", "geneval", world.CATEGORIES["t2i"]),
+                   ("gedit", "gedit", world.EDIT_CATEGORIES),
+                   ("gedit_local", "gedit", world.CATEGORIES["local_edit"]),
+                   ("gedit_global", "gedit", world.CATEGORIES["global_edit"]))
+MEAN_SCORES = ("clip_score", "realism", "preservation")
+
+
+def paired_mean_difference(a, b, seed: int = 0) -> tuple[float, float, float]:
+    """(difference, lo, hi) of the plain means of a and b over the samples both score (NaNs dropped)."""
+    a, b = np.asarray(a, np.float64), np.asarray(b, np.float64)
+    if a.shape != b.shape:
+        raise ValueError(f"paired_mean_difference: {a.shape} and {b.shape} outcomes do not pair up")
+    d = (a - b)[~(np.isnan(a) | np.isnan(b))]
+    rng = np.random.default_rng(seed)
+    return (float(d.mean()), *np.percentile(d[rng.integers(0, len(d), (stats.RESAMPLES, len(d)))].mean(1),
+                                            [2.5, 97.5]).tolist())
+
+
+def differences(a: dict, b: dict) -> dict[str, tuple[float, float, float, float, float]]:
+    """score -> (a, b, a - b, lo, hi) for every score both outcome files carry."""
+    rows = {}
+    for name, key, categories in CATEGORY_SCORES:
+        if not (a.get(key) and b.get(key)):
+            continue
+        if a[key]["category"] != b[key]["category"]:
+            raise ValueError(f"{key}: the two files score different prompts (their categories differ)")
+        keep = [c in categories for c in a[key]["category"]]
+        cats = [c for c, k in zip(a[key]["category"], keep) if k]
+        oa, ob = ([float(v) for v, k in zip(f[key]["ok"], keep) if k] for f in (a, b))
+        if not cats:
+            continue
+        d, lo, hi = stats.paired_category_difference(oa, ob, cats)
+        mean = [float(np.mean([np.mean([o for o, c in zip(out, cats) if c == g]) for g in dict.fromkeys(cats)]))
+                for out in (oa, ob)]
+        rows[name] = (*mean, d, lo, hi)
+    for key in MEAN_SCORES:
+        if a.get(key) and b.get(key) and not np.all(np.isnan(np.asarray(a[key], np.float64))):
+            d, lo, hi = paired_mean_difference(a[key], b[key])
+            rows[key] = (float(np.nanmean(a[key])), float(np.nanmean(b[key])), d, lo, hi)
+    return rows
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("a", type=Path)
+    parser.add_argument("b", type=Path)
+    args = parser.parse_args()
+    rows = differences(*(json.loads(p.read_text()) for p in (args.a, args.b)))
+    print(f"| score | {args.a} | {args.b} | a − b [95% CI] |\n| --- | --- | --- | --- |")
+    for name, (va, vb, d, lo, hi) in rows.items():
+        print(f"| {name} | {va:.3f} | {vb:.3f} | {d:+.3f} [{lo:+.3f}, {hi:+.3f}] |")
+
+
+if __name__ == "__main__":
+    main()
