@@ -31,17 +31,6 @@ CATEGORY_SCORES = (("geneval", "geneval", world.CATEGORIES["t2i"]),
 MEAN_SCORES = ("clip_score", "realism", "preservation")
 
 
-def paired_mean_difference(a, b, seed: int = 0) -> tuple[float, float, float]:
-    """(difference, lo, hi) of the plain means of a and b over the samples both score (NaNs dropped)."""
-    a, b = np.asarray(a, np.float64), np.asarray(b, np.float64)
-    if a.shape != b.shape:
-        raise ValueError(f"paired_mean_difference: {a.shape} and {b.shape} outcomes do not pair up")
-    d = (a - b)[~(np.isnan(a) | np.isnan(b))]
-    rng = np.random.default_rng(seed)
-    return (float(d.mean()), *np.percentile(d[rng.integers(0, len(d), (stats.RESAMPLES, len(d)))].mean(1),
-                                            [2.5, 97.5]).tolist())
-
-
 def differences(a: dict, b: dict) -> dict[str, tuple[float, float, float, float, float]]:
     """score -> (a, b, a - b, lo, hi) for every score both outcome files carry."""
     rows = {}
@@ -61,7 +50,9 @@ def differences(a: dict, b: dict) -> dict[str, tuple[float, float, float, float,
         rows[name] = (*mean, d, lo, hi)
     for key in MEAN_SCORES:
         if a.get(key) and b.get(key) and not np.all(np.isnan(np.asarray(a[key], np.float64))):
-            d, lo, hi = paired_mean_difference(a[key], b[key])
+            x, y = (np.asarray(f[key], np.float64) for f in (a, b))
+            keep = np.isfinite(x) & np.isfinite(y)  # a plain mean: one stratum
+            d, lo, hi = stats.paired_category_difference(x[keep], y[keep], ["all"] * int(keep.sum()))
             rows[key] = (float(np.nanmean(a[key])), float(np.nanmean(b[key])), d, lo, hi)
     return rows
 
