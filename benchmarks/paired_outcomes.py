@@ -44,7 +44,7 @@ def differences(a: dict, b: dict) -> dict[str, tuple[float, float, float, float,
         oa, ob = ([float(v) for v, k in zip(f[key]["ok"], keep) if k] for f in (a, b))
         if not cats:
             continue
-        d, lo, hi = stats.paired_category_difference(oa, ob, cats)
+        d, lo, hi = stats.paired_difference(oa, ob, cats)
         mean = [float(np.mean([np.mean([o for o, c in zip(out, cats) if c == g]) for g in dict.fromkeys(cats)]))
                 for out in (oa, ob)]
         rows[name] = (*mean, d, lo, hi)
@@ -52,7 +52,7 @@ def differences(a: dict, b: dict) -> dict[str, tuple[float, float, float, float,
         if a.get(key) and b.get(key) and not np.all(np.isnan(np.asarray(a[key], np.float64))):
             x, y = (np.asarray(f[key], np.float64) for f in (a, b))
             keep = np.isfinite(x) & np.isfinite(y)  # a plain mean: one stratum
-            d, lo, hi = stats.paired_category_difference(x[keep], y[keep], ["all"] * int(keep.sum()))
+            d, lo, hi = stats.paired_difference(x[keep], y[keep])
             rows[key] = (float(np.nanmean(a[key])), float(np.nanmean(b[key])), d, lo, hi)
     return rows
 

@@ -78,7 +78,7 @@ def score(model, ev, data, params, buckets, guidance, device) -> dict:
                 row["preservation"] = float(np.nanmean(psnr))
         name = {"t2i": "geneval", "realism": "geneval_realism"}.get(bucket, bucket)
         row[name], row[f"{name}_by_category"] = metrics.category_score(ok, [s.category for s in samples], known)
-        row[f"{name}_ci"] = list(stats.category_mean_interval(ok, [s.category for s in samples]))
+        row[f"{name}_ci"] = list(stats.interval(ok, [s.category for s in samples]))
         row[f"{name}_outcomes"] = {"ok": [bool(v) for v in ok], "category": [s.category for s in samples]}
     return row
 
@@ -121,7 +121,7 @@ def table(files: list[Path], against: Path, score_key: str) -> str:
             paired = "–"
             if base is not None and row["name"] != ref["name"] and f"{score_key}_outcomes" in r and f"{score_key}_outcomes" in base:
                 a, b = r[f"{score_key}_outcomes"], base[f"{score_key}_outcomes"]
-                d, dlo, dhi = stats.paired_category_difference(a["ok"], b["ok"], a["category"])
+                d, dlo, dhi = stats.paired_difference(a["ok"], b["ok"], a["category"])
                 paired = f"{d:+.3f} [{dlo:+.3f}, {dhi:+.3f}]"
             lines.append(f"| {row['name']} | {row['steps']} | {row['train_s'] / 60:.1f} | {g[1:]} | "
                          f"{r[score_key]:.3f} [{lo:.3f}, {hi:.3f}] | {paired} |")

@@ -58,7 +58,7 @@ ModelPreset = Literal["tiny", "S", "S-deep", "S-wide", "M", "B"]  # pipeline.cor
 TSampling = Literal["logit_normal", "uniform", "logit_normal_shifted", "uniform_shifted"]
 Query = Literal["low", "mid", "high", "uniform"]
 Weighting = Literal["mean", "diffusionopd"]
-States = Literal["on_policy", "off_policy"]
+States = Literal["on_policy", "off_policy", "off_policy_data"]
 RoutingMode = Literal["hard", "soft"]
 RoutingPer = Literal["step", "sample", "all"]
 RouteName = Literal["t2i", "edit", "local_edit", "global_edit"]  # pipeline.core.teacher.ROUTE_BUCKETS
@@ -260,7 +260,8 @@ class Distill(Section):
     query: Query  # low: Beta(5,2) over rollout indices; mid: Beta(5,5); high: Beta(2,5); uniform
     queries: Positive  # K states per rollout
     weighting: Weighting  # K>1: mean of the K losses, or diffusionopd: 0.5/R^2 * their sum
-    states: States  # on_policy | off_policy (forward-noised data at the query t)
+    states: States  # on_policy | off_policy (forward-noised at the query t: edit targets, Gaussian
+    # endpoints for prompt-only rows) | off_policy_data (every row's render)
     steps: Positive
     batch_size: Positive
     grad_accum: Positive

@@ -1,15 +1,22 @@
 """The report in the paper's shape: Tables 2A and 2B beside the paper's numbers, the realism
 closure, the diagnostic ablations, and a verdict on each of the paper's claims.
 
-Every score carries its bootstrap 95% interval (`pipeline.eval.stats`); a student trained with
-several seeds is scored on the pooled per-sample outcomes of all of them. Our scores are success
+Everything is recomputed from the per-sample outcomes evaluation keeps (`data/outcomes/`), so
+`python -m pipeline.report` alone redoes every interval and verdict. A student trained with
+several seeds is an (S, N) array of outcomes on the same N prompts, scored by the mean over its
+seeds with a two-level bootstrap (seeds, then prompts within categories: `pipeline.eval.stats`).
+
+A claim of the paper is "model a is better than model b on a score". Both are scored on the same
+prompts with the same noise, so the claim is decided by the **paired** bootstrap interval of a - b:
+*reproduced* when it lies above 0, *contradicted* below, a *tie* when it holds 0; a verdict whose
+students have one training seed says "(1 seed)", as its interval then holds no seed-to-seed
+spread. The CLIP score's paired difference stands beside each claim. Our scores are success
 rates (edits judged by parsing the output against the exact target scene), the paper's are
-VIEScore (GEdit) and GenEval: compare directions and ratios, never values. A claim is
-*reproduced* when our intervals separate in the paper's direction, *contradicted* when they
-separate the other way, and a *tie* otherwise.
+VIEScore (GEdit) and GenEval: compare directions and ratios, never values.
 """
 from __future__ import annotations
 
+import argparse
 import json
 import math
 from collections.abc import Sequence
@@ -20,24 +27,41 @@ import numpy as np
 from pipeline.data import world
 from pipeline.eval import metrics, stats
 
-GEDIT_HEADERS = {"subject_add": "subj-add", "subject_replace": "subj-rep", "background_change": "bg-chg",
-                 "style_change": "style-chg", "colour_alter": "color-alt", "subject_remove": "subj-rem"}
+GEDIT_HEADERS = {"subject_add": "subj-add", "subject_replace": "subj-rep", "subject_remove": "subj-rem",
+                 "colour_alter": "color-alt", "background_change": "bg-chg", "style_change": "style-chg"}
+# score -> (the outcomes it reads, the categories it averages over): GEdit also apart as local and global
+CATEGORY_SCORES = {"geneval": ("geneval", world.T2I_CATEGORIES), "gedit": ("gedit", world.EDIT_CATEGORIES),
+                   "gedit_local": ("gedit", world.LOCAL_EDIT_CATEGORIES),
+                   "gedit_global": ("gedit", world.GLOBAL_EDIT_CATEGORIES)}
+MEAN_SCORES = ("preservation", "clip_score", "realism")
+SILENT = 0.15  # an edit category no teacher of the run passes this often carries no signal
 
-# (row label, metrics name relative to the eval folder (students: without the seed), paper key)
+# (row label, model name relative to the eval folder (students: without the seed), paper key)
 TABLES = {
     "t2i_edit": ("Table 2A: T2I + Edit", [
         ("T2I source (base)", "sources/base", "t2i_source"), ("Edit source", "sources/edit", "edit_source"),
-        ("Routed teacher", "t2i_edit/teacher", None), ("Joint training", "t2i_edit/joint", "joint"),
-        ("Weight merge", "t2i_edit/merge", "merge"), ("Off-policy distill.", "t2i_edit/offpolicy", "offpolicy"),
+        ("Routed teacher", "t2i_edit/teacher", None), ("Routed teacher, CFG", "t2i_edit/teacher_cfg", None),
+        ("Joint training", "t2i_edit/joint", "joint"), ("Weight merge", "t2i_edit/merge", "merge"),
+        ("Off-policy distill.", "t2i_edit/offpolicy", "offpolicy"),
+        ("Off-policy, data renders", "t2i_edit/offpolicy_data", None),
         ("DiffusionOPD", "t2i_edit/diffusionopd", "diffusionopd"), ("**DanceOPD**", "t2i_edit/danceopd", "danceopd")]),
     "local_global": ("Table 2B: Local + Global edit", [
         ("Local-edit source", "sources/local_edit", "local_source"),
         ("Global-edit source", "sources/global_edit", "global_source"),
-        ("Routed teacher", "local_global/teacher", None), ("Joint training", "local_global/joint", "joint"),
-        ("Weight merge", "local_global/merge", "merge"), ("Off-policy distill.", "local_global/offpolicy", "offpolicy"),
+        ("Routed teacher", "local_global/teacher", None), ("Routed teacher, CFG", "local_global/teacher_cfg", None),
+        ("Joint training", "local_global/joint", "joint"), ("Weight merge", "local_global/merge", "merge"),
+        ("Off-policy distill.", "local_global/offpolicy", "offpolicy"),
+        ("Off-policy, data renders", "local_global/offpolicy_data", None),
         ("DiffusionOPD", "local_global/diffusionopd", "diffusionopd"),
         ("**DanceOPD**", "local_global/danceopd", "danceopd")]),
 }
+# The command that fills a table the default run leaves empty (README "Costs").
+FILL = {"local_global": "dvc exp run -S 'run.experts=[edit,realism,local_edit,global_edit]' "
+                        "-S 'run.baselines=[t2i_edit,local_global]' -S 'run.teachers=[t2i_edit,local_global]' "
+                        "-S 'settings.local_global.methods=[danceopd,diffusionopd,offpolicy]'",
+        "diagnostic": "dvc exp run -S 'run.experts=[edit,realism,local_edit,global_edit]' "
+                      "-S 'run.teachers=[t2i_edit,diagnostic]' "
+                      "-S 'settings.diagnostic.methods=[danceopd,soft,per_sample,query_mid,query_high,k4]'"}
 # PAPER.md §3.1-3.2: (GEdit VIEScore average, GenEval overall); None where the paper gives none.
 PAPER = {
     "t2i_edit": {"t2i_source": (None, 0.832), "edit_source": (4.930, 0.711), "joint": (4.617, 0.808),
@@ -48,115 +72,187 @@ PAPER = {
                      "danceopd": (5.498, 0.848)},
 }
 PAPER_REALISM_CLOSURE = 0.853
-# The paper's claims: (id, statement, (model a, metric), (model b, metric)) with a better than b.
-CLAIMS = [
-    ("2A-1", "DanceOPD edits better than DiffusionOPD (5.347 vs 4.947)", ("t2i_edit/danceopd", "gedit"),
-     ("t2i_edit/diffusionopd", "gedit")),
-    ("2A-2", "DanceOPD edits better than off-policy distillation (5.347 vs 4.528)", ("t2i_edit/danceopd", "gedit"),
-     ("t2i_edit/offpolicy", "gedit")),
-    ("2A-3", "DanceOPD edits better than its edit source (+8.5%)", ("t2i_edit/danceopd", "gedit"),
-     ("sources/edit", "gedit")),
-    ("2A-4", "DanceOPD keeps T2I: GenEval-style above the T2I source (0.849 vs 0.832)", ("t2i_edit/danceopd", "geneval"),
-     ("sources/base", "geneval")),
-    ("2A-5", "DanceOPD edits better than joint training (5.347 vs 4.617)", ("t2i_edit/danceopd", "gedit"),
-     ("t2i_edit/joint", "gedit")),
-    ("2B-1", "DanceOPD edits better than off-policy, the best baseline (+16.1%)", ("local_global/danceopd", "gedit"),
-     ("local_global/offpolicy", "gedit")),
-    ("2B-2", "DanceOPD edits better than DiffusionOPD (5.498 vs 4.661)", ("local_global/danceopd", "gedit"),
-     ("local_global/diffusionopd", "gedit")),
-    ("2B-3", "DanceOPD edits better than its local-edit source (+7.9%)", ("local_global/danceopd", "gedit"),
-     ("sources/local_edit", "gedit")),
-    ("2B-4", "DanceOPD edits better than weight merge (5.498 vs 4.715)", ("local_global/danceopd", "gedit"),
-     ("local_global/merge", "gedit")),
-    ("R-1", "On-policy absorbs more realism than off-policy (≈0.30 vs ≈0.27)", ("realism/danceopd", "realism"),
-     ("realism/offpolicy", "realism")),
-    ("D-1", "Hard routing beats soft mixing (5.751 vs 4.994)", ("diagnostic/danceopd", "gedit"),
-     ("diagnostic/soft", "gedit")),
-    ("D-2", "One route per update beats routes mixed in a batch (K1G1 5.751 vs K1G3 5.485, if G is this)",
-     ("diagnostic/danceopd", "gedit"), ("diagnostic/per_sample", "gedit")),
-]
-CATEGORY_SCORES = {"geneval": world.T2I_CATEGORIES, "gedit": world.EDIT_CATEGORIES}
+_BASELINES = {"t2i_edit": [("diffusionopd", "DiffusionOPD"), ("offpolicy", "off-policy distillation"),
+                           ("joint", "joint training"), ("merge", "weight merge")],
+              "local_global": [("diffusionopd", "DiffusionOPD"), ("offpolicy", "off-policy distillation"),
+                               ("joint", "joint training"), ("merge", "weight merge")]}
+_SOURCES = {"t2i_edit": {"gedit": [("sources/edit", "edit_source", "its edit source")],
+                         "geneval": [("sources/base", "t2i_source", "its T2I source")]},
+            "local_global": {"gedit": [("sources/local_edit", "local_source", "its local-edit source"),
+                                       ("sources/global_edit", "global_source", "its global-edit source")],
+                             "geneval": [("sources/local_edit", "local_source", "its local-edit source"),
+                                         ("sources/global_edit", "global_source", "its global-edit source")]}}
 
 
-def _score(outcomes: list[dict], name: str) -> dict:
-    """Point estimate and interval of one score over pooled per-sample outcomes (seeds concatenated)."""
-    if name in CATEGORY_SCORES:
-        ok = [o for out in outcomes for o in out[name]["ok"]]
-        cats = [c for out in outcomes for c in out[name]["category"]]
-        value, _ = metrics.category_score(ok, cats, CATEGORY_SCORES[name])
-        return {"value": value, "ci": list(stats.category_mean_interval(ok, cats))}
-    values = np.asarray([v for out in outcomes for v in out[name]], dtype=np.float64)
-    value = float(np.nanmean(values)) if np.isfinite(values).any() else math.nan
-    return {"value": value, "ci": list(stats.mean_interval(values))}
+def _paper_claims() -> list[tuple[str, str, str, str, str]]:
+    """(id, statement, model a, model b, score): DanceOPD against every baseline and source of Tables
+    2A and 2B on GEdit and on GenEval (the paper: best on both), then realism and the ablations."""
+    out = []
+    for setting, table in (("t2i_edit", "2A"), ("local_global", "2B")):
+        paper, dance, rows = PAPER[setting], f"{setting}/danceopd", []
+        for score, column, label in (("gedit", 0, "edits better than"), ("geneval", 1, "has a higher GenEval than")):
+            rivals = [(f"{setting}/{m}", m, what) for m, what in _BASELINES[setting]] + _SOURCES[setting][score]
+            for b, key, what in rivals:
+                theirs = paper.get(key, (None, None))[column]
+                value = "collapses editing" if theirs is None else f"{theirs:.3f}"
+                rows.append((f"DanceOPD {label} {what} ({paper['danceopd'][column]:.3f} vs {value})", dance, b, score))
+        out += [(f"{table}-{i}", *row) for i, row in enumerate(rows, 1)]
+    out += [
+        ("R-1", "On-policy absorbs more realism than off-policy (≈0.30 vs ≈0.27)", "realism/danceopd",
+         "realism/offpolicy", "realism"),
+        ("D-1", "Hard routing beats soft mixing (5.751 vs 4.994)", "diagnostic/danceopd", "diagnostic/soft", "gedit"),
+        ("D-2", "One route per update beats routes mixed in a batch (K1G1 5.751 vs K1G3 5.485, if G is this)",
+         "diagnostic/danceopd", "diagnostic/per_sample", "gedit"),
+        ("D-3", "A low-noise query beats a mid-noise one (Fig. 6 left)", "diagnostic/danceopd",
+         "diagnostic/query_mid", "gedit"),
+        ("D-4", "A low-noise query beats a high-noise one (Fig. 6 left)", "diagnostic/danceopd",
+         "diagnostic/query_high", "gedit"),
+        ("D-5", "One query per rollout beats K = 4 (Fig. 6 right)", "diagnostic/danceopd", "diagnostic/k4", "gedit"),
+    ]
+    return out
 
 
-def load_model(eval_dir: Path, outcomes_dir: Path, name: str) -> dict | None:
-    """A model's pooled scores, per-category scores and distribution metrics (students: every seed)."""
-    metrics_files = sorted(eval_dir.glob(f"{name}.json")) or sorted(eval_dir.glob(f"{name}-s*.json"))
-    if not metrics_files:
+CLAIMS = _paper_claims()
+
+
+class Model:
+    """One model's per-sample outcomes, (S, N) per score (S training seeds on the same N prompts),
+    and its metrics files."""
+
+    def __init__(self, name: str, metrics_files: Sequence[dict], outcomes: Sequence[dict], student: bool):
+        self.name, self.metrics, self.student = name, list(metrics_files), student
+        self.seeds = len(outcomes)
+        self.outcomes, self.categories = {}, {}
+        for key in ("geneval", "gedit"):
+            cats = [out[key]["category"] for out in outcomes]
+            if any(c != cats[0] for c in cats):
+                raise ValueError(f"report: {name}'s seeds were scored on different {key} prompts")
+            self.outcomes[key], self.categories[key] = np.asarray([out[key]["ok"] for out in outcomes], float), cats[0]
+        for key in MEAN_SCORES:
+            self.outcomes[key] = np.asarray([out[key] for out in outcomes], dtype=np.float64)
+
+    def arrays(self, score: str) -> tuple[np.ndarray, list[str] | None]:
+        """(outcomes (S, N'), categories or None) of one score; local/global GEdit keep their own prompts."""
+        if score not in CATEGORY_SCORES:
+            return self.outcomes[score], None
+        key, known = CATEGORY_SCORES[score]
+        keep = np.isin(self.categories[key], known)
+        return self.outcomes[key][:, keep], [c for c, k in zip(self.categories[key], keep) if k]
+
+    def score(self, score: str) -> dict:
+        """Point estimate and two-level interval of one score."""
+        values, cats = self.arrays(score)
+        if values.shape[1] == 0 or not np.isfinite(values).any():
+            return {"value": math.nan, "ci": [math.nan, math.nan]}
+        point, _ = stats.bootstrap_scores([values], cats)
+        return {"value": float(point[0]), "ci": list(stats.interval(values, cats))}
+
+    def summary(self) -> dict:
+        out = {"name": self.name, "seeds": self.seeds, "student": self.student}
+        for score in (*CATEGORY_SCORES, *MEAN_SCORES):
+            out[score] = self.score(score)
+        for score in ("geneval", "gedit"):
+            key, known = CATEGORY_SCORES[score]
+            ok = self.outcomes[key].mean(0).tolist()
+            out[f"{score}_by_category"] = metrics.category_score(ok, self.categories[key], known)[1]
+        for key in ("kid", "fid", "fid_floor", "nfe"):  # distribution metrics: the seeds' mean
+            out[key] = float(np.mean([m[key] for m in self.metrics]))
+        out["kid_ci"] = [min(m["kid_ci"][0] for m in self.metrics), max(m["kid_ci"][1] for m in self.metrics)]
+        return out
+
+
+def load_model(eval_dir: Path, outcomes_dir: Path, name: str) -> Model | None:
+    """A model's outcomes and metrics (a student: every seed's `<name>-s<seed>.json`), or None."""
+    files = sorted(eval_dir.glob(f"{name}.json"))
+    student = not files
+    files = files or sorted(eval_dir.glob(f"{name}-s*.json"))
+    if not files:
         return None
-    outcomes = [json.loads((outcomes_dir / p.relative_to(eval_dir)).read_text()) for p in metrics_files]
-    seeds = [json.loads(p.read_text()) for p in metrics_files]
-    model = {"name": name, "seeds": len(seeds)}
-    for score in ("geneval", "gedit", "preservation", "clip_score", "realism"):
-        model[score] = _score(outcomes, score)
-    for score, known in CATEGORY_SCORES.items():
-        ok = [o for out in outcomes for o in out[score]["ok"]]
-        cats = [c for out in outcomes for c in out[score]["category"]]
-        model[f"{score}_by_category"] = metrics.category_score(ok, cats, known)[1]
-    for key in ("kid", "fid", "fid_floor", "nfe"):  # distribution metrics: the seeds' mean; their spread below
-        model[key] = float(np.mean([s[key] for s in seeds]))
-    model["kid_ci"] = [min(s["kid_ci"][0] for s in seeds), max(s["kid_ci"][1] for s in seeds)]
-    return model
+    outcomes = [json.loads((outcomes_dir / p.relative_to(eval_dir)).read_text()) for p in files]
+    return Model(name, [json.loads(p.read_text()) for p in files], outcomes, student)
 
 
 def collect(eval_dir: Path, outcomes_dir: Path, evaluator: Path, router: Path, settings, fields) -> dict:
     """Everything the report shows, as one JSON-able dict (models without metrics are left out)."""
-    names = {row[1] for _, rows in TABLES.values() for row in rows} | {c[2][0] for c in CLAIMS} | {c[3][0] for c in CLAIMS}
+    names = {row[1] for _, rows in TABLES.values() for row in rows} | {c[2] for c in CLAIMS} | {c[3] for c in CLAIMS}
     names |= {f"{s}/{m}" for s, setting in settings.items() for m in setting.methods}
     names |= {"sources/base", "sources/realism", "diagnostic/teacher", "diagnostic/teacher_cfg"}
-    models = {n: m for n in sorted(names) if (m := load_model(eval_dir, outcomes_dir, n)) is not None}
+    loaded = {n: m for n in sorted(names) if (m := load_model(eval_dir, outcomes_dir, n)) is not None}
     read = lambda path: json.loads(path.read_text()) if path.exists() else {}  # noqa: E731
-    return {"evaluator": read(evaluator), "router": read(router), "models": models, "claims": claims(models),
-            "realism": realism_closure(models), "cfg_absorbed": fields.absorb_guidance,
-            "cfg_scale": fields.guidance_scale}
+    return {"evaluator": read(evaluator), "router": read(router),
+            "models": {n: m.summary() for n, m in loaded.items()}, "claims": claims(loaded),
+            "realism": realism_closure(loaded), "can_say": can_say(loaded),
+            "cfg_absorbed": fields.absorb_guidance, "cfg_scale": fields.guidance_scale}
 
 
-def claims(models: dict) -> list[dict]:
-    """Each paper claim with our two scores, their intervals and the verdict."""
+def _difference(a: Model, b: Model, score: str) -> dict:
+    (va, cats), (vb, _) = a.arrays(score), b.arrays(score)
+    d, lo, hi = stats.paired_difference(va, vb, cats)
+    return {"value": d, "ci": [lo, hi]}
+
+
+def claims(models: dict[str, Model]) -> list[dict]:
+    """Each paper claim: both scores, the paired difference a - b with its two-level interval, the
+    verdict, and the CLIP score's paired difference beside it."""
     out = []
-    for claim_id, statement, (a, score_a), (b, score_b) in CLAIMS:
+    for claim_id, statement, a, b, score in CLAIMS:
+        row = {"id": claim_id, "claim": statement, "a": a, "b": b, "score": score}
         if a not in models or b not in models:  # a row this configuration does not run (params `run`)
-            out.append({"id": claim_id, "claim": statement, "a": a, "b": b, "score": score_a, "verdict": "not run"})
+            out.append(row | {"verdict": "not run"})
             continue
-        sa, sb = models[a][score_a], models[b][score_b]
-        verdict = {"a": "reproduced", "b": "contradicted", "tie": "tie"}[stats.direction(tuple(sa["ci"]), tuple(sb["ci"]))]
-        out.append({"id": claim_id, "claim": statement, "a": a, "b": b, "score": score_a, "a_value": sa,
-                    "b_value": sb, "verdict": verdict})
+        ma, mb = models[a], models[b]
+        diff = _difference(ma, mb, score)
+        seeds = min([m.seeds for m in (ma, mb) if m.student] or [1])
+        row |= {"a_value": ma.score(score), "b_value": mb.score(score), "difference": diff,
+                "seeds": [ma.seeds, mb.seeds], "verdict": stats.verdict(*diff["ci"], seeds=seeds)}
+        if score != "clip_score":
+            row["clip_difference"] = _difference(ma, mb, "clip_score")
+        out.append(row)
     return out
 
 
-def realism_closure(models: dict) -> dict:
-    """Realism reward of the init (base), each realism student and the teacher, and the gap closure."""
+def realism_closure(models: dict[str, Model]) -> dict:
+    """Realism reward of the init (base), each realism student and the teacher, the gap closure with
+    its two-level paired interval (the three scored on the same realism prompts), and GenEval."""
     init, teacher = models.get("sources/base"), models.get("sources/realism")
     if init is None or teacher is None:
         return {}
-    out = {"init": init["realism"], "teacher": teacher["realism"], "init_geneval": init["geneval"], "students": {}}
+    out = {"init": init.score("realism"), "teacher": teacher.score("realism"), "init_geneval": init.score("geneval"),
+           "teacher_geneval": teacher.score("geneval"), "students": {}}
     for name, model in models.items():
         if name.startswith("realism/"):
-            out["students"][name] = {
-                "realism": model["realism"], "geneval": model["geneval"],
-                "closure": metrics.realism_gap_closure(model["realism"]["value"], init["realism"]["value"],
-                                                       teacher["realism"]["value"])}
+            points, resampled = stats.bootstrap_scores(
+                [model.outcomes["realism"], init.outcomes["realism"], teacher.outcomes["realism"]])
+            closure = [metrics.realism_gap_closure(*p) for p in resampled]
+            lo, hi = np.nanpercentile(closure, [2.5, 97.5]) if np.isfinite(closure).any() else (math.nan, math.nan)
+            out["students"][name] = {"realism": model.score("realism"), "geneval": model.score("geneval"),
+                                     "seeds": model.seeds, "closure": {
+                                         "value": metrics.realism_gap_closure(*points), "ci": [float(lo), float(hi)]}}
     return out
 
 
-def _fmt(score: dict | float | None, digits: int = 3) -> str:
+def can_say(models: dict[str, Model]) -> dict:
+    """Which edit categories carry a signal: those some teacher of the run (a source or a routed
+    teacher) passes at least `SILENT` of the time; in the others every model fails alike."""
+    teachers = [m for n, m in models.items() if n.startswith("sources/") or n.split("/")[-1].startswith("teacher")]
+    best = {}
+    for m in teachers:
+        by_category = metrics.category_score(m.outcomes["gedit"].mean(0).tolist(), m.categories["gedit"],
+                                             world.EDIT_CATEGORIES)[1]
+        for c, v in by_category.items():
+            best[c] = max(best.get(c, 0.0), v)
+    return {"best_teacher": best, "silent": [c for c in world.EDIT_CATEGORIES if best.get(c, 0.0) < SILENT]}
+
+
+def _fmt(score: dict | float | None, digits: int = 3, sign: bool = False) -> str:
     if score is None:
         return "–"
     if isinstance(score, dict):
         v, (lo, hi) = score["value"], score["ci"]
-        return "–" if math.isnan(v) else f"{v:.{digits}f} [{lo:.{digits}f}, {hi:.{digits}f}]"
+        if math.isnan(v):
+            return "–"
+        f = f"{{:{'+' if sign else ''}.{digits}f}}"
+        return f"{f.format(v)} [{f.format(lo)}, {f.format(hi)}]"
     return "–" if math.isnan(score) else f"{score:.{digits}f}"
 
 
@@ -164,13 +260,17 @@ def _paper(value: float | None, digits: int = 3) -> str:
     return "–" if value is None else f"{value:.{digits}f}"
 
 
+def _filled(results: dict, setting: str) -> bool:
+    return any(name in results["models"] and not name.startswith("sources/") for _, name, _ in TABLES[setting][1])
+
+
 def _table(results: dict, setting: str) -> list[str]:
     title, rows = TABLES[setting]
-    header = ["model", *GEDIT_HEADERS.values(), "GEdit [95% CI]", "GenEval [95% CI]", "KID [CI]",
-              "FID (floor)", "paper GEdit", "paper GenEval"]
+    if not _filled(results, setting):
+        return [f"### {title}", "", f"Not run in this configuration. To fill it: `{FILL[setting]}`", ""]
+    header = ["model", *GEDIT_HEADERS.values(), "GEdit local", "GEdit global", "GEdit [95% CI]", "GenEval [95% CI]",
+              "CLIP", "KID [CI]", "FID (floor)", "paper GEdit", "paper GenEval"]
     lines = [f"### {title}", "", "| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
-    if not any(name in results["models"] for _, name, _ in rows):
-        return [f"### {title}", "", "Not run in this configuration (params `run` and `settings`; README: Costs).", ""]
     for label, name, paper_key in rows:
         model = results["models"].get(name)
         if model is None:
@@ -179,9 +279,10 @@ def _table(results: dict, setting: str) -> list[str]:
         kid = f"{model['kid']:.3g} [{model['kid_ci'][0]:.3g}, {model['kid_ci'][1]:.3g}]"
         cats = [_fmt(model["gedit_by_category"].get(c), 2) for c in GEDIT_HEADERS]
         seeds = f" ({model['seeds']} seeds)" if model["seeds"] > 1 else ""
-        lines.append("| " + " | ".join([label + seeds, *cats, _fmt(model["gedit"]), _fmt(model["geneval"]), kid,
-                                        f"{model['fid']:.0f} ({model['fid_floor']:.0f})", _paper(paper[0]),
-                                        _paper(paper[1])]) + " |")
+        lines.append("| " + " | ".join([
+            label + seeds, *cats, _fmt(model["gedit_local"]["value"], 2), _fmt(model["gedit_global"]["value"], 2),
+            _fmt(model["gedit"]), _fmt(model["geneval"]), _fmt(model["clip_score"]["value"], 1), kid,
+            f"{model['fid']:.0f} ({model['fid_floor']:.0f})", _paper(paper[0]), _paper(paper[1])]) + " |")
     return lines + [""]
 
 
@@ -194,48 +295,76 @@ def markdown(results: dict) -> str:
              f"{router.get('test_accuracy', math.nan):.3f} from {router.get('labelled', '?')} labels. "
              f"CFG absorbed: {results['cfg_absorbed']} (scale {results['cfg_scale']}).", "",
              "Ours are success rates in [0, 1] (edits: the parsed output is exactly the target scene; "
-             "GenEval-style: the parsed scene satisfies the prompt's spec), each with a bootstrap 95% interval; "
-             "the paper's are VIEScore (GEdit, 0-10) and GenEval. Compare directions and ratios, not values. "
-             "KID and FID are in the evaluator's feature space against a cached real reference set; FID's "
-             "floor is what real images score at the same sample size.", ""]
+             "GenEval-style: the parsed scene satisfies the prompt's spec), each with a two-level bootstrap 95% "
+             "interval (training seeds, then prompts within categories); the paper's are VIEScore (GEdit, 0-10) "
+             "and GenEval. Compare directions and ratios, not values. GEdit local is the mean of the four local "
+             "categories, global of background and style. CLIP is the domain CLIP score of the T2I outputs. "
+             "KID and FID are in the evaluator's feature space against a real reference set disjoint from the "
+             "test targets; FID, a biased statistic, has no interval: its floor is what real images score at "
+             "the same sample size.", ""]
+    lines += _can_say(results["can_say"])
     for setting in TABLES:
         lines += _table(results, setting)
     lines += _realism(results["realism"]) + _diagnostic(results["models"]) + _claims(results["claims"])
     return "\n".join(lines) + "\n"
 
 
+def _can_say(can: dict) -> list[str]:
+    if not can.get("best_teacher"):
+        return []
+    silent = can["silent"]
+    if not silent:
+        return ["**What this run can say:** every edit category is passed by some teacher at least "
+                f"{SILENT:.0%} of the time, so GEdit differences draw on all six.", ""]
+    best = ", ".join(f"{GEDIT_HEADERS[c]} {can['best_teacher'].get(c, 0.0):.2f}" for c in silent)
+    return [f"**What this run can and cannot say:** no teacher passes {', '.join(GEDIT_HEADERS[c] for c in silent)} "
+            f"{SILENT:.0%} of the time (best teacher: {best}); there every student fails alike, so GEdit "
+            "differences rest on the other categories (see GEdit local and global apart).", ""]
+
+
 def _realism(realism: dict) -> list[str]:
     if not realism:
         return []
     lines = ["### Realism absorption (one route: the realism expert; students from base)", "",
-             "| model | realism reward [95% CI] | gap closure | GenEval-style [95% CI] |", "|---|---|---|---|",
+             "| model | realism reward [95% CI] | gap closure [95% CI] | GenEval-style [95% CI] |",
+             "|---|---|---|---|",
              f"| base (before) | {_fmt(realism['init'])} | 0 | {_fmt(realism['init_geneval'])} |"]
     for name, s in realism["students"].items():
-        lines.append(f"| {name} | {_fmt(s['realism'])} | {_fmt(s['closure'])} | {_fmt(s['geneval'])} |")
-    lines += [f"| realism expert (teacher) | {_fmt(realism['teacher'])} | 1 | – |", "",
+        seeds = f" ({s['seeds']} seeds)" if s["seeds"] > 1 else ""
+        lines.append(f"| {name}{seeds} | {_fmt(s['realism'])} | {_fmt(s['closure'])} | {_fmt(s['geneval'])} |")
+    lines += [f"| realism expert (teacher) | {_fmt(realism['teacher'])} | 1 | {_fmt(realism['teacher_geneval'])} |", "",
               f"The paper closes {PAPER_REALISM_CLOSURE:.1%} of the student-to-teacher realism gap.", ""]
     return lines
 
 
 def _diagnostic(models: dict) -> list[str]:
     rows = [(n, m) for n, m in models.items() if n.startswith("diagnostic/")]
-    if not rows:
-        return []
+    if not any(m["student"] for _, m in rows):
+        return ["### Diagnostic setting (t2i + local + global; the ablations)", "",
+                f"Not run in this configuration. To fill it: `{FILL['diagnostic']}`", ""]
     lines = ["### Diagnostic setting (t2i + local + global; the ablations)", "",
-             "| model | GEdit [95% CI] | GenEval [95% CI] | NFE |", "|---|---|---|---|"]
-    lines += [f"| {n} | {_fmt(m['gedit'])} | {_fmt(m['geneval'])} | {m['nfe']:.0f} |" for n, m in rows]
+             "| model | GEdit [95% CI] | GEdit local | GEdit global | GenEval [95% CI] | NFE |", "|---|---|---|---|---|---|"]
+    lines += [f"| {n} | {_fmt(m['gedit'])} | {_fmt(m['gedit_local']['value'], 2)} | {_fmt(m['gedit_global']['value'], 2)} "
+              f"| {_fmt(m['geneval'])} | {m['nfe']:.0f} |" for n, m in rows]
     return lines + [""]
 
 
 def _claims(claim_rows: list[dict]) -> list[str]:
-    lines = ["### The paper's claims", "", "| | claim | ours (a vs b) | verdict |", "|---|---|---|---|"]
+    lines = ["### The paper's claims", "",
+             "| | claim | score | a | b | a − b [paired 95% CI] | seeds a/b | verdict | CLIP a − b |",
+             "|---|---|---|---|---|---|---|---|---|"]
     for c in claim_rows:
         if c["verdict"] == "not run":
-            lines.append(f"| {c['id']} | {c['claim']} | {c['a']} vs {c['b']}: not run here | not run |")
+            lines.append(f"| {c['id']} | {c['claim']} | {c['score']} | {c['a']} | {c['b']} | not run here | | not run | |")
             continue
-        lines.append(f"| {c['id']} | {c['claim']} | {c['score']}: {_fmt(c['a_value'])} vs {_fmt(c['b_value'])} "
-                     f"| **{c['verdict']}** |")
-    return lines + ["", "A direction is called only when the 95% intervals separate; otherwise it is a tie.", ""]
+        clip = _fmt(c["clip_difference"], 1, sign=True) if "clip_difference" in c else ""
+        lines.append(f"| {c['id']} | {c['claim']} | {c['score']} | {_fmt(c['a_value']['value'])} "
+                     f"| {_fmt(c['b_value']['value'])} | {_fmt(c['difference'], sign=True)} "
+                     f"| {c['seeds'][0]}/{c['seeds'][1]} | **{c['verdict']}** | {clip} |")
+    return lines + ["", "a − b is the paired difference (same prompts, same noise) with its two-level bootstrap "
+                        "interval (training seeds of each model, then prompts within categories). A direction is "
+                        "called only when that interval excludes 0; \"(1 seed)\" marks a verdict whose students "
+                        "have one training seed, so that seed-to-seed noise is not in its interval.", ""]
 
 
 FILES = ("results.md", "results.json", "scores.png")
@@ -251,25 +380,27 @@ def write(results: dict, out: Path) -> list[Path]:
 
 
 def plot(results: dict, path: Path) -> None:
-    """GEdit and GenEval with their intervals for the rows of Tables 2A and 2B."""
+    """GEdit and GenEval with their intervals for the rows of the tables this run filled."""
     import matplotlib
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    fig, axes = plt.subplots(1, len(TABLES), figsize=(12, 3.8), sharey=True)
-    for ax, (setting, (title, rows)) in zip(np.atleast_1d(axes), TABLES.items()):
+    filled = [s for s in TABLES if _filled(results, s)] or list(TABLES)[:1]
+    fig, axes = plt.subplots(1, len(filled), figsize=(7 * len(filled), 3.8), sharey=True, squeeze=False)
+    for ax, setting in zip(axes[0], filled):
+        title, rows = TABLES[setting]
         shown = [(label.strip("*"), results["models"][name]) for label, name, _ in rows if name in results["models"]]
         for i, key in enumerate(("gedit", "geneval")):
             xs = [x + 0.4 * i for x in range(len(shown))]
             values = [m[key]["value"] for _, m in shown]
-            errors = _errors([m[key] for _, m in shown])
-            ax.bar(xs, values, width=0.4, yerr=errors, capsize=2, label={"gedit": "GEdit", "geneval": "GenEval"}[key])
+            ax.bar(xs, values, width=0.4, yerr=_errors([m[key] for _, m in shown]), capsize=2,
+                   label={"gedit": "GEdit", "geneval": "GenEval"}[key])
         ax.set_xticks([x + 0.2 for x in range(len(shown))], [label for label, _ in shown], rotation=35, ha="right")
         ax.set_title(title)
         ax.set_ylim(0, 1)
-    np.atleast_1d(axes)[0].set_ylabel("success rate (95% CI)")
-    np.atleast_1d(axes)[0].legend(loc="upper left")
+    axes[0][0].set_ylabel("success rate (95% CI)")
+    axes[0][0].legend(loc="upper left")
     fig.tight_layout()
     fig.savefig(path, dpi=110)
     plt.close(fig)
@@ -280,3 +411,26 @@ def _errors(scores: Sequence[dict]) -> np.ndarray:
     lo = [max(0.0, s["value"] - s["ci"][0]) if not math.isnan(s["ci"][0]) else 0.0 for s in scores]
     hi = [max(0.0, s["ci"][1] - s["value"]) if not math.isnan(s["ci"][1]) else 0.0 for s in scores]
     return np.asarray([lo, hi])
+
+
+def main() -> None:
+    """Recompute every interval and verdict from the kept outcomes: `python -m pipeline.report`."""
+    from pipeline import config
+
+    parser = argparse.ArgumentParser(description=main.__doc__)
+    parser.add_argument("--eval", type=Path, default=Path("data/metrics/eval"))
+    parser.add_argument("--outcomes", type=Path, default=Path("data/outcomes"))
+    parser.add_argument("--evaluator", type=Path, default=Path("data/metrics/evaluator.json"))
+    parser.add_argument("--router", type=Path, default=Path("data/metrics/router.json"))
+    parser.add_argument("--params", type=Path, default=Path("params.yaml"))
+    parser.add_argument("--out", type=Path, default=None, help="write the report's files here (default: print)")
+    args = parser.parse_args()
+    params = config.load(args.params)
+    results = collect(args.eval, args.outcomes, args.evaluator, args.router, params.settings, params.fields)
+    if args.out is not None:
+        write(results, args.out)
+    print(markdown(results))
+
+
+if __name__ == "__main__":
+    main()

@@ -337,23 +337,45 @@ def test_on_policy_states_are_the_students_own_rollout_states_at_the_query_t(k):
     assert all(len(set(row.tolist())) == k for row in per_sample)
 
 
+@pytest.mark.parametrize("states", ["off_policy", "off_policy_data"])
 @pytest.mark.parametrize("k", [1, 2])
-def test_off_policy_states_are_forward_noised_data_at_the_query_t(k):
-    student, data = Spy(0), fake_set()
-    m = method(states="off_policy", queries=k, batch_size=4)
+def test_off_policy_states_are_forward_noised_endpoints_at_the_query_t(k, states):
+    """Edit rows: their target, forward-noised. Prompt-only rows: a fresh Gaussian endpoint (the
+    reference's baseline), or their render under off_policy_data."""
+    student, data = Spy(0), fake_set(n=12)
+    m = method(states=states, queries=k, batch_size=8)
     one_step(student, Toy(1), data, m, gen_seed=7)
     assert len(student.calls) == 1  # no rollout
     x_t, t, cond, _ = student.calls[0]
     gen = torch.Generator().manual_seed(7)  # replay the draws: rows (the stream), query indices, noise (the step)
-    rows = torch.randint(len(data), (4,), generator=gen)
-    idx = distill.query_indices(4, 4, k, "low", gen)
-    noise = torch.randn((4 * k, C, S, S), generator=gen)
+    rows = torch.randint(len(data), (8,), generator=gen)
+    idx = distill.query_indices(4, 8, k, "low", gen)
+    noise = torch.randn((8 * k, C, S, S), generator=gen)
     x, _ = data.batch(rows)
-    owner = torch.arange(4).repeat_interleave(k)
+    prompt_only = ~data.has_source[rows]
+    assert 0 < int(prompt_only.sum()) < 8  # both kinds of row in the batch
+    if states == "off_policy":
+        endpoint = torch.randn(x.shape, generator=gen)
+        x = torch.where(prompt_only[:, None, None, None], endpoint, x)
+    owner = torch.arange(8).repeat_interleave(k)
     want_t = flow.time_grid(4, SHIFT)[idx.flatten()]
     assert torch.equal(t, want_t)
     assert torch.allclose(x_t, flow.interpolate(x[owner], noise, want_t), atol=1e-6)
     assert sample_ids(cond.pooled, data) == rows[owner].tolist()  # the condition of the same sample
+
+
+def test_off_policy_prompt_only_states_do_not_depend_on_the_render():
+    """Two data sets that differ only in their prompt-only rows' renders give the same off-policy
+    states for those rows (a Gaussian endpoint), and off_policy_data's states differ."""
+    data, other = fake_set(n=12), fake_set(n=12)
+    prompt_only = ~data.has_source
+    other.image[prompt_only] = 255 - data.image[prompt_only]
+    for states, same in (("off_policy", True), ("off_policy_data", False)):
+        m = method(states=states, batch_size=12)
+        got = [distill.query_states(Toy(0), *d.batch(torch.arange(12)), m, SHIFT, torch.Generator().manual_seed(3),
+                                    torch.device("cpu"))[0] for d in (data, other)]
+        assert torch.equal(got[0][prompt_only], got[1][prompt_only]) is same
+        assert torch.equal(got[0][~prompt_only], got[1][~prompt_only])  # edit rows: their targets, unchanged
 
 
 def test_query_states_alone_equal_the_step_s_states():

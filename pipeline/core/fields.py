@@ -61,6 +61,13 @@ class Cond:
     def __len__(self) -> int:
         return len(self.text)
 
+    def has_source(self) -> Tensor:
+        """(B,) bool: which samples carry an edit source (a prompt-only row's source is exactly 0.0,
+        what the backbone feeds for ``source=None``; `pipeline.core.batches`)."""
+        if self.source is None:
+            return torch.zeros(len(self), dtype=torch.bool, device=self.text.device)
+        return self.source.flatten(1).ne(0).any(dim=1)
+
     def __getitem__(self, idx) -> Cond:
         """The sub-batch at ``idx`` (bool mask, index tensor, slice; an int keeps the batch dim)."""
         return self._map(lambda v: v[[idx] if isinstance(idx, int) else idx])

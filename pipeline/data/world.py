@@ -30,7 +30,8 @@ Conventions (this module owns them):
                smaller row;
   colour_attr: two distinct objects match the two descs.
 - Samples: a pure function of (bucket, category, seed) through `random.Random(seed)`. Split and
-  bucket seed ranges are disjoint (`SPLIT_BASE` + `BUCKET_BASE` + index). Realism samples are T2I
+  bucket seed ranges are disjoint (`SPLIT_BASE` + `BUCKET_BASE` + index); the `reference` split is
+  never curated: the evaluator renders it as KID's and FID's real set, disjoint from every test target. Realism samples are T2I
   samples rendered in style ``real``. Local edits change exactly one cell of a plain source and
   refer to the object by position, or by attributes only when those are unique in the source.
 """
@@ -62,7 +63,7 @@ BUCKETS = ("t2i", "local_edit", "global_edit", "realism")
 BUCKET_TASK = {"t2i": "t2i", "local_edit": "local_edit", "global_edit": "global_edit", "realism": "t2i"}
 CATEGORIES = {"t2i": T2I_CATEGORIES, "local_edit": LOCAL_EDIT_CATEGORIES,
               "global_edit": GLOBAL_EDIT_CATEGORIES, "realism": T2I_CATEGORIES}
-SPLIT_BASE = {"train": 0, "test": 10**9}
+SPLIT_BASE = {"train": 0, "test": 10**9, "reference": 2 * 10**9}  # reference: KID/FID's real set
 BUCKET_BASE = {"t2i": 0, "local_edit": 10**8, "global_edit": 2 * 10**8, "realism": 3 * 10**8}
 LUMA = np.array([0.299, 0.587, 0.114])
 

@@ -3,8 +3,8 @@
 The test set is the first `eval.count` test samples of each bucket, sampled with `eval.steps`
 Euler steps from noise seeded by `eval.seed`, so every model sees the same prompts and noise.
 - t2i bucket: `geneval` (parsed scene vs the prompt's spec), `kid` and `fid` (evaluator features
-  of the outputs vs the evaluator's cached real reference set; FID beside its real-vs-real
-  `fid_floor` at the same size), `clip_score` (outputs vs prompts);
+  of the outputs vs the evaluator's cached real reference set, disjoint from the test targets; FID
+  beside its real-vs-real `fid_floor` at the same size, without an interval), `clip_score`;
 - local_edit + global_edit buckets: `gedit` (parsed output == target scene, per category, and
   their mean), `preservation` (PSNR of the untouched cells, local edits);
 - realism bucket: `realism`, the mean realism reward (the same kind of prompts as t2i);
@@ -14,8 +14,9 @@ A model of a VAE's latent space (a pretrained SD3-family model) is sampled in it
 sources encoded by `data`'s space, and its samples decoded to pixels (in the timed part) before the
 evaluator, which always sees the world's renders' pixels (`pipeline.core.latents`).
 
-Every score has a bootstrap 95% interval (`<name>_ci`, `pipeline.eval.stats`), and the per-sample
-outcomes behind them are kept (`outcomes`), so intervals can be recomputed and seeds pooled.
+Every score but FID has a bootstrap 95% interval (`<name>_ci`, `pipeline.eval.stats`), and the
+per-sample outcomes behind them are kept (`outcomes`), so intervals, paired differences and
+verdicts can be recomputed (`python -m pipeline.report`).
 
 What is evaluated (`load_field`) is a checkpoint folder, or by name a setting's routed teacher, the
 field its students learn (`TEACHERS`): `teacher` samples it unguided (at `eval.guidance`),
@@ -93,11 +94,11 @@ def scores(outcomes: dict) -> dict:
     for name, known in (("geneval", world.T2I_CATEGORIES), ("gedit", world.EDIT_CATEGORIES)):
         ok, cats = outcomes[name]["ok"], outcomes[name]["category"]
         result[name], result[f"{name}_by_category"] = metrics.category_score(ok, cats, known)
-        result[f"{name}_ci"] = list(stats.category_mean_interval(ok, cats))
+        result[f"{name}_ci"] = list(stats.interval(ok, cats))
     for name in ("preservation", "clip_score", "realism"):
         values = np.asarray(outcomes[name], dtype=np.float64)
         result[name] = float(np.nanmean(values)) if np.isfinite(values).any() else math.nan
-        result[f"{name}_ci"] = list(stats.mean_interval(values))
+        result[f"{name}_ci"] = list(stats.interval(values))
     return result
 
 
@@ -124,12 +125,13 @@ def _edit_outcomes(ev, local, global_) -> dict:
 
 
 def _distribution_metrics(ev, images) -> dict:
-    """KID and FID of the T2I outputs against the evaluator's cached real reference, with intervals,
-    and FID's real-vs-real floor at the same sample size."""
+    """KID (with its interval) and FID (a biased plug-in statistic: no interval, `pipeline.eval.stats`)
+    of the T2I outputs against the evaluator's cached real reference, and FID's real-vs-real floor
+    at the same sample size."""
     generated, reference = ev.features(images).cpu().numpy(), ev.reference
     floor = stats.fid_floor(reference, len(generated))
     return {"kid": stats.kid(generated, reference), "kid_ci": list(stats.kid_interval(generated, reference)),
-            "fid": metrics.fid(generated, reference), "fid_ci": list(stats.fid_interval(generated, reference)),
+            "fid": metrics.fid(generated, reference),
             "fid_floor": floor[0], "fid_floor_range": [floor[1], floor[2]], "reference_size": len(reference)}
 
 

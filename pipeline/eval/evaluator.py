@@ -10,8 +10,9 @@ Conventions (this module owns them):
   shows black and is labelled white). `parse` decodes the argmax of each head into a `world.Scene`.
 - Realism reward = the parser's probability of style "real". KID and FID features = the parser's
   penultimate layer (`features`, (B, F)), since no Inception weights exist offline; the real
-  reference is the cached features of `eval.evaluator.reference` real renders of T2I test scenes
-  (`reference`), far more than any one evaluation samples.
+  reference is the cached features of `eval.evaluator.reference` real renders of T2I scenes of the
+  world's `reference` split (`reference`), disjoint from the test targets and far more than any one
+  evaluation samples.
 - CLIP score = 100 * cos(image embed, text embed) of the domain CLIP, per pair (no clamp at 0).
   Its text tower uses the MiniLM WordPiece tokenizer; CLS/SEP serve as CLIP's BOS/EOS, so CLIP's
   pooling takes the [SEP] state (the tower is causal, so [SEP] has seen the whole caption).
@@ -124,7 +125,7 @@ class Evaluator:
 
     def __init__(self, parser: SceneParser, clip, tok, reference: np.ndarray | None = None, chunk: int = 512):
         self.parser, self.clip, self.tok, self.chunk = parser.eval(), clip.eval(), tok, chunk
-        self.reference = reference  # (N, F) features of real T2I test renders: KID's and FID's reference
+        self.reference = reference  # (N, F) features of real T2I renders (the reference split): KID's and FID's
         self.device = next(parser.parameters()).device
 
     def to(self, device) -> Evaluator:

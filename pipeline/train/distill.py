@@ -104,8 +104,10 @@ def query_states(student: nn.Module, x: Tensor, cond: Cond, method, shift: float
                  device: torch.device) -> tuple[Tensor, Tensor, Tensor]:
     """(x_t (B*K, C, H, W), t (B*K,), owner (B*K,)): K query states per sample, and the sample of each.
 
-    On-policy: the student's own rollout states at the drawn indices; off-policy: the data
-    forward-noised with fresh noise to the same t. Draws the indices, then the noise, from ``gen``.
+    On-policy: the student's own rollout states at the drawn indices; off-policy: an endpoint
+    forward-noised with fresh noise to the same t, the row's target for an edit and a random Gaussian
+    latent for a prompt-only row (the reference's baseline; PAPER §2); off_policy_data: the row's
+    target (its render) for every row. Draws the indices, the noise, then any endpoints from ``gen``.
     """
     b, R, K, on = len(x), method.rollout_steps, method.queries, gen.device
     idx = query_indices(R, b, K, method.query, gen).flatten().to(device)  # (B*K,)
@@ -116,7 +118,11 @@ def query_states(student: nn.Module, x: Tensor, cond: Cond, method, shift: float
         trajectory = rollout(student, noise, cond.to(device), R, shift)  # states (R, B, C, H, W)
         return trajectory.states[idx, owner], t, owner  # (B*K, C, H, W)
     noise = torch.randn((b * K, *x.shape[1:]), generator=gen, device=on).to(device)  # (B*K, C, H, W)
-    return flow.interpolate(x.to(device)[owner], noise, t), t, owner  # (B*K, C, H, W)
+    x0 = x.to(device)  # off_policy_data: every row's target, its render for a prompt-only row
+    if method.states == "off_policy":  # the reference: a prompt-only row's endpoint is a random Gaussian latent
+        endpoint = torch.randn(x.shape, generator=gen, device=on).to(device)  # (B, C, H, W)
+        x0 = torch.where(cond.has_source().to(device)[:, None, None, None], x0, endpoint)
+    return flow.interpolate(x0[owner], noise, t), t, owner  # (B*K, C, H, W)
 
 
 @torch.no_grad()  # not inference mode: the target enters the loss's graph (as a constant)

@@ -205,9 +205,9 @@ def clip_sanity(ev: Evaluator, params, render: TileRenderer) -> dict:
 
 @torch.no_grad()
 def reference_features(parser: SceneParser, params, render: TileRenderer) -> np.ndarray:
-    """(N, F) float32 parser features of `params.reference` real renders of T2I test-split scenes
-    (the curated test set's distribution; seeds beyond it, so it is far larger)."""
-    scenes = [s.target for s in world.make_bucket("t2i", "test", params.reference)]
+    """(N, F) float32 parser features of `params.reference` real renders of T2I scenes of the world's
+    `reference` split: the test set's distribution, disjoint from every evaluated target."""
+    scenes = [s.target for s in world.make_bucket("t2i", "reference", params.reference)]
     x, device = to_tensor(render(scenes)), next(parser.parameters()).device
     feats = [parser.eval().features(x[i:i + 500].to(device)).cpu() for i in range(0, len(x), 500)]
     return torch.cat(feats).numpy().astype(np.float32)
