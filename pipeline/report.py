@@ -300,8 +300,8 @@ def markdown(results: dict) -> str:
              "and GenEval. Compare directions and ratios, not values. GEdit local is the mean of the four local "
              "categories, global of background and style. CLIP is the domain CLIP score of the T2I outputs. "
              "KID and FID are in the evaluator's feature space against a real reference set disjoint from the "
-             "test targets; FID, a biased statistic, has no interval: its floor is what real images score at "
-             "the same sample size.", ""]
+             "test targets (a student's: the mean over its seeds, and the span of their intervals); FID, a biased "
+             "statistic, has no interval: its floor is what real images score at the same sample size.", ""]
     lines += _can_say(results["can_say"])
     for setting in TABLES:
         lines += _table(results, setting)

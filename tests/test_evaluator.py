@@ -5,6 +5,7 @@ import functools
 import json
 import random
 import sys
+from types import SimpleNamespace
 
 import numpy as np
 import pytest
@@ -76,6 +77,19 @@ def test_training_draws_never_reuse_make_bucket_seeds():
     assert all(isinstance(c, str) and c for _, c in pairs)
     # The T2I samples come from seeds >= 10**12; curated buckets stop below 1.4 * 10**9.
     assert max(world.SPLIT_BASE.values()) + max(world.BUCKET_BASE.values()) + 10**8 < 10**12
+
+
+def test_the_kid_fid_reference_is_disjoint_from_every_test_target(monkeypatch):
+    """The reference renders come from the world's own `reference` split, never from the test split
+    whose first targets every evaluation scores."""
+    asked = []
+    real = world.make_bucket
+    monkeypatch.setattr(world, "make_bucket", lambda *a: asked.append(a) or real(*a))
+    params = SimpleNamespace(reference=30)
+    feats = T.reference_features(E.SceneParser(E.ParserConfig(size=32)), params, T.TileRenderer(32))
+    assert asked == [("t2i", "reference", 30)] and feats.shape[0] == 30
+    reference = {s.seed for s in real("t2i", "reference", 2000)}
+    assert not reference & {s.seed for s in real("t2i", "test", 2000)}
 
 
 def test_augment_keeps_shape_range_and_geometry():
