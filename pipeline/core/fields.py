@@ -172,9 +172,12 @@ class RoutedField:
         if len(route) and (route.min() < 0 or route.max() >= len(self.fields)):
             # An unrouted sample would leave its row of the output uninitialised.
             raise ValueError(f"RoutedField: route values must be in [0, {len(self.fields)})")
-        v = torch.empty_like(x)  # (B, C, H, W)
+        v = None  # (B, C, H, W) in the fields' output dtype: bf16 under autocast, whatever x is
         for k, field in enumerate(self.fields):
             mask = route == k  # (B,) bool
             if mask.any():
-                v[mask] = field(x[mask], t[mask], cond[mask])  # (B_k, C, H, W)
-        return v
+                out = field(x[mask], t[mask], cond[mask])  # (B_k, C, H, W)
+                if v is None:
+                    v = x.new_empty(x.shape, dtype=out.dtype)
+                v[mask] = out.to(v.dtype)
+        return torch.empty_like(x) if v is None else v
