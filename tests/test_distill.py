@@ -1,5 +1,6 @@
 """pipeline.train.distill: rollout, query selection, query states, routed targets (incl. CFG), the loss."""
 import copy
+import dataclasses
 import math
 from types import SimpleNamespace
 
@@ -14,6 +15,7 @@ from pipeline.core.fields import Cond, RoutedField
 from pipeline.core.teacher import Route, build_teacher
 from pipeline.data import world
 from pipeline.train import distill, loop
+from tests.conftest import ALL_ROWS, repo_cfg, tiny_cfg
 
 N, C, S, L, D = 6, 3, 8, 4, 8  # samples, channels, image side, tokens, text dim
 SHIFT = 3.0
@@ -454,3 +456,44 @@ def test_a_few_distillation_steps_reduce_the_loss(tmp_path):
     last = sum(h["loss"] for h in history[-3:]) / 3
     assert last < 0.5 * first, (first, last)
     assert all(p.grad is None for p in teacher_model.parameters())
+
+
+# --- bf16 autocast (the GPU path's dtype, reproduced on the CPU) ---------------------------------
+
+BF16 = dict(device_type="cpu", dtype=torch.bfloat16)
+
+
+def test_a_hard_routed_and_a_guided_teacher_run_under_bf16_autocast():
+    """Two routes of bf16 outputs scattered into one batch (an index put into a float32 buffer
+    raised "Index put requires the source and destination dtypes match"), plain and guided."""
+    models = {k: tiny_backbone(i + 1) for i, k in enumerate(("a", "b"))}
+    data = fake_set(n=6)
+    x, cond = data.batch(torch.arange(6))
+    cond = dataclasses.replace(cond, route=torch.tensor([0, 1, 0, 1, 1, 0]))
+    t = torch.full((6,), 0.5)
+    null = (torch.zeros(L, D), torch.zeros(D))
+    for guidance in (None, 2.0):
+        teacher = build_teacher(models, ["a", "b"], "hard", guidance, null)
+        with torch.no_grad(), torch.autocast(**BF16):
+            v = teacher(x, t, cond)
+            alone = [build_teacher(models, [k], "hard", guidance, null)(x, t, dataclasses.replace(
+                cond, route=torch.zeros(6, dtype=torch.long))) for k in ("a", "b")]
+        assert v.dtype == torch.bfloat16 and v.shape == x.shape
+        for k in (0, 1):  # each sample carries exactly its route's velocity
+            assert torch.equal(v[cond.route == k], alone[k][cond.route == k])
+
+
+@pytest.mark.parametrize("name", list(repo_cfg().distill.methods))
+def test_every_method_s_step_runs_under_bf16_autocast(name):
+    """One full distillation step of each method of params.yaml, multi-route and guided, under bf16
+    autocast: a finite float32 loss and a gradient in every trainable weight."""
+    cfg = tiny_cfg(run=ALL_ROWS["run"], settings={"diagnostic": {"methods": [name]}})
+    m = cfg.method("diagnostic", name).model_copy(update={"batch_size": 4})
+    student = tiny_backbone(0)
+    teachers = {k: tiny_backbone(i + 1) for i, k in enumerate(world.TASKS)}
+    teacher = build_teacher(teachers, list(world.TASKS), m.routing_mode, 2.0, (torch.zeros(L, D), torch.zeros(D)))
+    with torch.autocast(**BF16):
+        loss = one_step(student, teacher, fake_set(n=12), m)
+    loss.backward()
+    assert loss.dtype == torch.float32 and torch.isfinite(loss) and loss > 0
+    assert all(p.grad is not None and torch.isfinite(p.grad).all() for p in student.parameters() if p.requires_grad)
