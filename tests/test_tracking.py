@@ -3,6 +3,7 @@ runs marked, resumed runs continued, portable artefacts, and a real tracking ser
 import json
 import os
 import shutil
+import signal
 import socket
 import subprocess
 import sys
@@ -135,15 +136,44 @@ def _serve(store: Path, port: int):
     cmd = [str(Path(sys.executable).parent / "mlflow"), "server", "--host", "127.0.0.1", "--port", str(port),
            "--backend-store-uri", f"sqlite:///{store}/mlflow.db", "--artifacts-destination",
            str(store / tracking.ARTIFACTS), "--workers", "1"]
-    server = subprocess.Popen(cmd, cwd=store, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    # Its own process group: the server's uvicorn worker, job runner and huey consumers go with it.
+    server = subprocess.Popen(cmd, cwd=store, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+                              start_new_session=True)
     for _ in range(120):
         try:
             if urllib.request.urlopen(f"http://127.0.0.1:{port}/health", timeout=1).status == 200:
                 return server
         except OSError:
             time.sleep(0.5)
-    server.kill()
+    _stop(server)
     raise RuntimeError("mlflow server did not start")
+
+
+def _group(pgid: int) -> list[int]:
+    """The live processes of a process group (from /proc)."""
+    alive = []
+    for stat in Path("/proc").glob("[0-9]*/stat"):
+        try:
+            fields = stat.read_text().rsplit(")", 1)[1].split()
+        except OSError:  # gone meanwhile
+            continue
+        if int(fields[2]) == pgid and fields[0] != "Z":
+            alive.append(int(stat.parent.name))
+    return alive
+
+
+def _stop(server) -> None:
+    """Kill the server's whole process group and wait until none of it is left."""
+    try:
+        os.killpg(server.pid, signal.SIGKILL)
+    except ProcessLookupError:
+        pass
+    server.wait()
+    for _ in range(100):
+        if not _group(server.pid):
+            return
+        time.sleep(0.1)
+    raise AssertionError(f"mlflow server processes left running: {_group(server.pid)}")
 
 
 def test_a_moved_store_keeps_its_images_and_a_tracking_server_takes_a_stage(monkeypatch, tmp_path):
@@ -171,8 +201,8 @@ def test_a_moved_store_keeps_its_images_and_a_tracking_server_takes_a_stage(monk
             headers={"Content-Type": "application/json"})).read())["runs"]
         assert {r["info"]["run_id"] for r in runs} == {run_id, served}
     finally:
-        server.kill()
-        server.wait()
+        _stop(server)
+    assert not _group(server.pid)  # nothing of the server outlives the test
 
 
 def test_write_metrics_is_atomic_json(tmp_path):
