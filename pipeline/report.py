@@ -16,6 +16,7 @@ VIEScore (GEdit) and GenEval: compare directions and ratios, never values.
 """
 from __future__ import annotations
 
+import argparse
 import json
 import math
 from collections.abc import Sequence
@@ -23,6 +24,7 @@ from pathlib import Path
 
 import numpy as np
 
+from pipeline import config
 from pipeline.data import world
 from pipeline.eval import metrics, stats
 
@@ -410,3 +412,24 @@ def _errors(scores: Sequence[dict]) -> np.ndarray:
     lo = [max(0.0, s["value"] - s["ci"][0]) if not math.isnan(s["ci"][0]) else 0.0 for s in scores]
     hi = [max(0.0, s["ci"][1] - s["value"]) if not math.isnan(s["ci"][1]) else 0.0 for s in scores]
     return np.asarray([lo, hi])
+
+
+def main() -> None:
+    """Recompute every interval and verdict from the kept outcomes: `python -m pipeline.report`."""
+    parser = argparse.ArgumentParser(description=main.__doc__)
+    parser.add_argument("--eval", type=Path, default=Path("data/metrics/eval"))
+    parser.add_argument("--outcomes", type=Path, default=Path("data/outcomes"))
+    parser.add_argument("--evaluator", type=Path, default=Path("data/metrics/evaluator.json"))
+    parser.add_argument("--router", type=Path, default=Path("data/metrics/router.json"))
+    parser.add_argument("--params", type=Path, default=Path("params.yaml"))
+    parser.add_argument("--out", type=Path, default=None, help="write the report's files here (default: print)")
+    args = parser.parse_args()
+    params = config.load(args.params)
+    results = collect(args.eval, args.outcomes, args.evaluator, args.router, params.settings, params.fields)
+    if args.out is not None:
+        write(results, args.out)
+    print(markdown(results))
+
+
+if __name__ == "__main__":
+    main()

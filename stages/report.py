@@ -9,11 +9,11 @@ from pipeline import config, report, tracking
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__)
-    parser.add_argument("--eval", type=Path, default=Path("data/metrics/eval"), help="the models' metrics")
-    parser.add_argument("--outcomes", type=Path, default=Path("data/outcomes"), help="their per-sample outcomes")
-    parser.add_argument("--evaluator", type=Path, default=Path("data/metrics/evaluator.json"))
-    parser.add_argument("--router", type=Path, default=Path("data/metrics/router.json"))
-    parser.add_argument("--out", type=Path, required=True, help="the folder for results.md, results.json, scores.png")
+    parser.add_argument("--eval", type=Path, required=True, help="the folder of the models' metrics")
+    parser.add_argument("--outcomes", type=Path, required=True, help="the folder of their per-sample outcomes")
+    parser.add_argument("--evaluator", type=Path, required=True)
+    parser.add_argument("--router", type=Path, required=True)
+    parser.add_argument("--out", type=Path, required=True)
     args = parser.parse_args()
 
     params = config.load()

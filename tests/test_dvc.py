@@ -288,8 +288,8 @@ def test_tiny_dvc_repro(tmp_path):
     lock = yaml.safe_load((repo / "dvc.lock").read_text())
     assert sorted(r.info.run_name for r in runs) == sorted(set(lock["stages"]) - {"validate"})
     assert {r.info.status for r in runs} == {"FINISHED"}
-    # The report stage alone recomputes the same tables and verdicts from the kept outcomes.
-    _run([sys.executable, "-m", "stages.report", "--out", str(tmp_path / "again")], repo)
+    # python -m pipeline.report alone recomputes the same tables and verdicts from the kept outcomes.
+    _run([sys.executable, "-m", "pipeline.report", "--out", str(tmp_path / "again")], repo)
     assert (tmp_path / "again" / "results.md").read_text() == table
     # The inference command on the distilled student.
     out = _run([sys.executable, "-m", "pipeline.generate", "--task", "t2i", "--prompt", "a red circle",
