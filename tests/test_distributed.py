@@ -5,12 +5,16 @@ batch: exactly, when both see the same samples (the wiring: gradient averaging, 
 without a sync, the logged mean), and within the sampling noise for a real distillation, where
 each process draws its own samples.
 """
+import contextlib
 import json
 import os
+import signal
 import socket
 import subprocess
 import sys
+import warnings
 from pathlib import Path
+from types import SimpleNamespace
 
 import pytest
 import torch
@@ -69,6 +73,12 @@ def _regress(model, batch, gen):  # deterministic: no draws from the generator
 def _fit_fixed(rank: int, world: int, port: int, out: str) -> None:
     if world > 1:
         _join(rank, world, port)
+    train_fixed(rank, world, out)
+
+
+def train_fixed(rank: int, world: int, out: str) -> None:
+    """Three steps on the fixed data as process `rank` of `world` (joined already); rank 0 saves
+    the weights and history to `out/fixed<world>.pt`."""
     torch.manual_seed(0)
     model = backbone.build("tiny", 4, 32, 8)
     lp = loop.Loop(steps=3, lr=1e-3, weight_decay=0.0, grad_clip=1.0, ema=0.0, grad_accum=2, checkpoint_every=10,
@@ -146,3 +156,66 @@ def test_a_stage_relaunches_itself_under_torchrun(tmp_path):
     seen = [json.loads((tmp_path / f"rank{r}.json").read_text()) for r in range(2)]
     assert [s["size"] for s in seen] == [2, 2] and [s["main"] for s in seen] == [True, False]
     assert all(s["sum"] == 3 and s["argv"] == [str(tmp_path), "2"] for s in seen)  # one group, the same argv
+
+
+# --- several nodes -------------------------------------------------------------------------------
+
+def test_two_nodes_rendezvous_and_take_the_steps_of_one_process(tmp_path):
+    """Two "nodes" on 127.0.0.1, one process each: the same stage command twice with torchrun's
+    environment (PET_NNODES=2, static rendezvous, PET_NODE_RANK 0 and 1). `compute.relaunch` runs
+    each under torchrun without --standalone, they form one group of 2, and the three steps on the
+    fixed data equal one process's."""
+    _spawn(_fit_fixed, 1, str(tmp_path))
+    root = Path(__file__).resolve().parents[1]
+    env = os.environ | {"PET_NNODES": "2", "PET_MASTER_ADDR": "127.0.0.1", "PET_MASTER_PORT": str(_port())}
+    nodes = [subprocess.Popen([sys.executable, "-m", "tests.relaunch_probe", str(tmp_path), "1", "fit"], cwd=root,
+                              env=env | {"PET_NODE_RANK": str(r)}, stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
+                              text=True, start_new_session=True) for r in (0, 1)]
+    try:
+        logs = [node.communicate(timeout=300)[0] for node in nodes]
+    finally:
+        for node in nodes:  # torchrun and its worker: the node's whole process group
+            with contextlib.suppress(ProcessLookupError):
+                os.killpg(node.pid, signal.SIGKILL)
+    assert [node.returncode for node in nodes] == [0, 0], logs
+    seen = [json.loads((tmp_path / f"rank{r}.json").read_text()) for r in range(2)]
+    assert [s["size"] for s in seen] == [2, 2] and [s["main"] for s in seen] == [True, False]
+    one, two = (torch.load(tmp_path / f"fixed{n}.pt") for n in (1, 2))
+    for key, value in one["weights"].items():
+        assert torch.allclose(value, two["weights"][key], atol=1e-6), key
+    assert [a["loss"] for a in one["history"]] == pytest.approx([b["loss"] for b in two["history"]], rel=1e-5)
+
+
+def test_the_launcher_is_standalone_on_one_node_only(monkeypatch):
+    params = SimpleNamespace(nproc=8)
+    for key in ("PET_NNODES", "PET_RDZV_ENDPOINT", "PET_RDZV_BACKEND", "PET_MASTER_ADDR", "PET_RDZV_ID"):
+        monkeypatch.delenv(key, raising=False)
+    one = compute.launcher(params, "stages.distill", ["--out", "x"])
+    assert "--standalone" in one and "--nproc_per_node=8" in one and one[-3:] == ["stages.distill", "--out", "x"]
+    monkeypatch.setenv("PET_NNODES", "2")
+    with pytest.raises(SystemExit, match="PET_RDZV_ENDPOINT"):  # two nodes, no way to find each other
+        compute.launcher(params, "stages.distill", [])
+    monkeypatch.setenv("PET_RDZV_ENDPOINT", "node0:29400")
+    two = compute.launcher(params, "stages.distill", ["--out", "x"])
+    assert "--standalone" not in two and "--rdzv_backend=c10d" in two
+    other = compute.launcher(params, "stages.distill", ["--out", "y"])  # another stage, another group
+    assert [a for a in two if a.startswith("--rdzv_id")] != [a for a in other if a.startswith("--rdzv_id")]
+
+
+def test_the_process_group_has_an_explicit_timeout(monkeypatch):
+    joined = {}
+    monkeypatch.setattr(compute.dist, "init_process_group", lambda backend, **kw: joined.update(kw, backend=backend))
+    monkeypatch.setattr(compute.atexit, "register", lambda fn: None)
+    monkeypatch.setenv("WORLD_SIZE", "2")
+    compute.setup(SimpleNamespace(device="cpu", threads=0))
+    assert joined == {"backend": "gloo", "timeout": compute.PG_TIMEOUT} and compute.PG_TIMEOUT.total_seconds() > 600
+
+
+def test_a_gpu_share_below_16_warns(monkeypatch):
+    monkeypatch.setattr(compute, "world", lambda: (0, 4))
+    with pytest.warns(UserWarning, match="distill.batch_size: 32 over 4 processes is 8 a GPU"):
+        assert compute.per_rank(32, "distill.batch_size", torch.device("cuda")) == 8
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        assert compute.per_rank(32, "distill.batch_size", torch.device("cpu")) == 8  # the CPU: no warning
+        assert compute.per_rank(64, "distill.batch_size", torch.device("cuda")) == 16

@@ -199,7 +199,7 @@ def train_student(method, setting, fields, routing, train, shift: float, compute
     curated, (rank, processes) = data.seen_in(space), compute.world()
     rng = torch.Generator(device).manual_seed(seed + rank)  # each process its own rows, noise and query indices
     route_rng = rng if processes == 1 else torch.Generator().manual_seed(ROUTE_SEED + seed)  # all: one route a step
-    batch_size, index = compute.per_rank(method.batch_size, "distill.batch_size"), teacher.route_index(routes)
+    batch_size, index = compute.per_rank(method.batch_size, "distill.batch_size", device), teacher.route_index(routes)
     if stream is not None and stream.enabled:  # streamed, one stream per route; one row gives the shapes
         route_rng = torch.Generator().manual_seed(ROUTE_SEED + seed)
         tensors = curated.tensors(teacher.buckets(routes)[:1], "train", limit=1, route_of_bucket=index)

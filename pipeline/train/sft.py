@@ -111,7 +111,7 @@ def train_model(plan: Plan, train, model_params, compute_params, *, data: Curate
     space = checkpoint.space([init], device) if init else latents.space(model_params.pretrained, device)
     curated, rank = data.seen_in(space), compute.world()[0]
     rng = torch.Generator(device).manual_seed(train.seed + rank)  # each process its own rows, noise, t, dropout
-    batch_size = compute.per_rank(train.batch_size, "train.batch_size")
+    batch_size = compute.per_rank(train.batch_size, "train.batch_size", device)
     if stream is not None and stream.enabled:  # streamed; one row gives the shapes
         tensors = curated.tensors(plan.buckets[:1], "train", limit=1)
         batches = streams.streamed_batches(curated, plan.buckets, batch_size, seed=train.seed, device=device,
