@@ -304,6 +304,7 @@ class Eval(Section):
     guidance: PositiveFloat  # CFG scale at sampling time
     image_guidance: PositiveFloat  # edits: InstructPix2Pix's source scale (1 = single-scale CFG on the text)
     seed: int
+    batch_size: NonNegative  # test images sampled at once; 0 = a whole bucket
     evaluator: Evaluator
 
 
@@ -312,6 +313,7 @@ class Compute(Section):
     threads: NonNegative  # torch intra-op threads; 0 = torch's default
     compile: bool
     nproc: Positive  # training processes per stage (torchrun + DDP); 1 = a plain process
+    grad_checkpointing: bool  # recompute each transformer block's activations in backward (memory for compute)
 
 
 class Config(Section):

@@ -167,3 +167,29 @@ def test_sampling_a_sample_model_is_diffusers_euler_on_its_velocities():
             x = scheduler.step(model(x, scheduler.sigmas[i].expand(2), cond), timestep, x).prev_sample
         ours = flow.euler_sample(model, noise, cond, flow.time_grid(16, 3.0))
     assert torch.equal(ours, x)
+
+
+def test_gradient_checkpointing_recomputes_each_block_with_the_same_gradients():
+    """`compute.grad_checkpointing`: every transformer block goes through the checkpoint function in
+    a backward pass (none under no_grad, as in a rollout), and loss and gradients are unchanged."""
+    torch.manual_seed(0)
+    plain = backbone.build("tiny", 2, 8, 16)
+    checkpointed = backbone.build("tiny", 2, 8, 16)
+    checkpointed.load_state_dict(plain.state_dict())
+    assert checkpointed.checkpoint_activations() is checkpointed
+    calls = []
+    inner = checkpointed.transformer._gradient_checkpointing_func
+    checkpointed.transformer._gradient_checkpointing_func = lambda *a, **kw: calls.append(1) or inner(*a, **kw)
+    g = torch.Generator().manual_seed(1)
+    x, t = torch.randn(3, 3, 8, 8, generator=g), torch.rand(3, generator=g)
+    cond = Cond(text=torch.randn(3, 4, 16, generator=g), pooled=torch.randn(3, 16, generator=g), source=None)
+    with torch.no_grad():
+        checkpointed(x, t, cond)
+    assert calls == []
+    losses = [(m(x, t, cond) ** 2).mean() for m in (plain, checkpointed)]
+    for loss in losses:
+        loss.backward()
+    assert len(calls) == len(checkpointed.transformer.transformer_blocks)
+    assert torch.allclose(losses[0], losses[1])
+    for (name, p), q in zip(plain.named_parameters(), checkpointed.parameters()):
+        assert torch.allclose(p.grad, q.grad, atol=1e-6), name

@@ -192,3 +192,22 @@ def test_default_params_reach_the_accuracy_the_metrics_need():
     x = to_tensor(T.TileRenderer(32)(scenes))
     noisy = (x + 0.03 * torch.randn(x.shape, generator=torch.Generator().manual_seed(0))).clamp(-1, 1)
     assert np.mean([a == b for a, b in zip(ev.parse(noisy), scenes)]) >= 0.95
+
+
+def test_a_bucket_sampled_in_parts_is_the_bucket_sampled_at_once(curated):
+    """`eval.batch_size`: the test images in micro-batches are those of the whole bucket at once (the
+    noise is the bucket's, sliced), so the batch size changes memory, not scores."""
+    from pipeline.core import backbone
+    from pipeline.eval import evaluation
+
+    torch.manual_seed(0)
+    model = backbone.build("tiny", 4, 32, curated.tensors(["t2i"], "train").text_dim).eval()
+    cfg = tiny_cfg()
+    runs = {}
+    for size in (0, 4):
+        params = cfg.eval.model_copy(update={"batch_size": size})
+        test, images, _ = evaluation.sample_bucket(model, curated, "local_edit", params, 3.0, 1.0,
+                                                   torch.device("cpu"))
+        runs[size] = images
+    assert len(test) == cfg.eval.count > 4 and runs[0].shape == runs[4].shape
+    assert np.abs(runs[0].astype(int) - runs[4].astype(int)).max() <= 1  # float rounding of other batch shapes

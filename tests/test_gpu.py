@@ -176,3 +176,24 @@ def test_ten_steps_of_fit_route_per_step_through_the_router(device, tmp_path):
     still = [k for k, v in before.items() if torch.equal(moved[k].detach().cpu(), v.cpu())]
     assert len(still) < 0.1 * len(before), still  # (a weight may have no gradient path at this size)
     assert all(torch.equal(p, q) for p, q in zip(models["edit"].parameters(), frozen))
+
+
+@pytest.mark.gpu
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU")
+def test_a_bf16_checkpoint_loads_as_a_bf16_teacher_on_cuda(tmp_path):
+    """A checkpoint stored in bf16 (a pretrained SD3.5's dtype) is a bf16 frozen copy on the GPU, whose
+    velocity under autocast is the float32 model's within bf16's precision; to train it loads float32."""
+    torch.manual_seed(0)
+    model = backbone.build("S", 4, 32, 384)
+    model.transformer.register_to_config(**{backbone.WEIGHTS_DTYPE: "bfloat16"})
+    model.weights_dtype = torch.bfloat16
+    model.save(tmp_path / "m")
+    frozen = backbone.load(tmp_path / "m", frozen_on=CUDA).to(CUDA)
+    assert {p.dtype for p in frozen.parameters()} == {torch.bfloat16}
+    assert {p.dtype for p in backbone.load(tmp_path / "m").parameters()} == {torch.float32}
+    x, cond = _batch(8)
+    t = torch.full((8,), 0.5)
+    with torch.no_grad(), compute.autocast(CUDA):
+        v = frozen(x.to(CUDA), t.to(CUDA), cond.to(CUDA)).float().cpu()
+    ref = backbone.load(tmp_path / "m")(x, t, cond).detach()
+    assert (v - ref).norm() / ref.norm() < 0.05

@@ -218,3 +218,26 @@ def test_train_distill_evaluate_through_the_pretrained_model(cfg, data, sd3, tmp
     assert generate.main(["--model", str(student), "--task", "local_edit", "--image", str(source), "--prompt",
                           test.records[0].prompt, "--steps", "2", "--out", str(png)]) == 0
     assert Image.open(png).size == (32, 32)
+
+
+def test_checkpoints_keep_the_pretrained_weights_dtype(sd3, tmp_path):
+    """A bf16 pretrained transformer (SD3.5's own dtype): the model trains in float32, its checkpoints
+    are written in bf16 (half the disk) and reload as float32 to train; a frozen copy on the CPU is
+    float32 too (bf16 only where a GPU's autocast computes in it). A float32 folder stays float32."""
+    from diffusers import SD3Transformer2DModel
+
+    half = tmp_path / "bf16"
+    SD3Transformer2DModel.from_pretrained(sd3 / "transformer").to(torch.bfloat16).save_pretrained(half)
+    for folder, stored in ((half, "BF16"), (sd3 / "transformer", "F32")):
+        model = backbone.load_pretrained(folder, 64, 48, 4)
+        assert all(p.dtype == torch.float32 for p in model.parameters())
+        out = tmp_path / "saved" / stored
+        model.save(out)
+        weights = load_file(out / "diffusion_pytorch_model.safetensors")
+        assert {str(w.dtype) for w in weights.values()} == {f"torch.{backbone.SAFETENSORS_DTYPES[stored]}"}
+        again = backbone.load(out)
+        assert again.weights_dtype == model.weights_dtype and all(p.dtype == torch.float32 for p in again.parameters())
+        for key, value in again.state_dict().items():  # the float32 weights, rounded once to the stored dtype
+            assert torch.equal(value, model.state_dict()[key].to(weights[key.removeprefix("transformer.")].dtype)
+                               .float()), key
+        assert all(p.dtype == torch.float32 for p in backbone.load(out, frozen_on=CPU).parameters())

@@ -62,7 +62,7 @@ def test_load_teacher_loads_each_source_once(tmp_path, monkeypatch):
         backbone.build("tiny", 4, 8, 8).save(tmp_path / name)
     loads = []
     real_load = backbone.load
-    monkeypatch.setattr(backbone, "load", lambda folder: loads.append(folder) or real_load(folder))
+    monkeypatch.setattr(backbone, "load", lambda folder, **kw: loads.append(folder) or real_load(folder, **kw))
     routes = [teacher.Route("t2i", "base", ("t2i",)), teacher.Route("local_edit", "edit", ("local_edit",)),
               teacher.Route("global_edit", "edit", ("global_edit",))]
     field = teacher.load_teacher(routes, {"base": tmp_path / "base", "edit": tmp_path / "edit"}, torch.device("cpu"))

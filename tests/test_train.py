@@ -203,6 +203,21 @@ def test_train_model_writes_a_folder_that_is_a_function_of_params_data_and_seed(
     assert "samples_per_s" not in json.dumps(log) and "seconds" not in json.dumps(log)
 
 
+def test_grad_checkpointing_trains_the_same_model(curated, tmp_path, monkeypatch):
+    """`compute.grad_checkpointing` reaches the model train_model trains, and changes memory, not weights."""
+    trained, calls, enable = [], [], backbone.Backbone.checkpoint_activations
+    monkeypatch.setattr(backbone.Backbone, "checkpoint_activations", lambda self: calls.append(1) or enable(self))
+    for on in (False, True):
+        cfg = tiny_cfg(train={"base": {"steps": 3}}, compute={"grad_checkpointing": on})
+        out = tmp_path / str(on) / "base"
+        sft.train_model(sft.plan("base", cfg.train, cfg.experts), cfg.train, cfg.model, cfg.compute, data=curated,
+                        out=out, init=None)
+        trained.append(backbone.load(out).state_dict())
+    assert calls == [1]  # the checkpointed run only
+    for key, value in trained[0].items():
+        assert torch.allclose(value, trained[1][key], atol=1e-6), key
+
+
 def test_ema_with_warm_up_follows_the_trained_weights_not_the_initial_ones(curated, tmp_path):
     """A 0.999 average without warm-up would still be ~97% the random initial weights after 30 steps."""
     model, step, tensors = _setup(curated)

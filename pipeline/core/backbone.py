@@ -32,6 +32,8 @@ unchanged, and a teacher's adapter is never stacked on a student's.
 """
 from __future__ import annotations
 
+import copy
+import json
 from pathlib import Path
 
 import torch
@@ -54,6 +56,11 @@ PRESETS = {
 
 
 PREDICTIONS = ("velocity", "sample")
+# A pretrained model's checkpoints are written in the dtype its own weights come in (SD3.5: bf16,
+# half of float32's disk) and its frozen copies (teachers) load in it on a GPU; a model of this
+# project's own (the small world) stays float32. The config key carries it to every derived model.
+WEIGHTS_DTYPE = "_weights_dtype"
+SAFETENSORS_DTYPES = {"BF16": "bfloat16", "F16": "float16", "F32": "float32"}
 # x-prediction's velocity divides by t: below T_MIN the division is capped (JiT's clip), so the
 # v-loss weight (x0 - x̂0)^2 / t^2 stays bounded near the data end.
 T_MIN = 0.05
@@ -67,6 +74,7 @@ class Backbone(nn.Module):
         self.transformer = transformer
         self.channels = transformer.config.out_channels
         self.prediction = transformer.config.get("_prediction", "velocity")  # a plain SD3 folder: velocity
+        self.weights_dtype = getattr(torch, transformer.config.get(WEIGHTS_DTYPE, "float32"))
         if self.prediction not in PREDICTIONS:
             raise ValueError(f"model config _prediction: {self.prediction!r}; expected one of {PREDICTIONS}")
 
@@ -84,9 +92,17 @@ class Backbone(nn.Module):
             return out
         return velocity_from_sample(x, out, t)
 
+    def checkpoint_activations(self) -> Backbone:
+        """Gradient checkpointing (`compute.grad_checkpointing`): each transformer block's activations are
+        recomputed in backward instead of kept; the same loss and gradients, for memory."""
+        self.transformer.enable_gradient_checkpointing()
+        return self
+
     def save(self, folder: str | Path) -> None:
         """Write a self-describing diffusers folder (config.json + weights); a LoRA merged into a copy first."""
         model = lora.merged_copy(self) if lora.lora_layers(self) else self
+        if self.weights_dtype != torch.float32:  # written in the pretrained model's dtype; training keeps float32
+            model = (copy.deepcopy(model) if model is self else model).to(self.weights_dtype)
         model.transformer.save_pretrained(folder, safe_serialization=True)
 
 
@@ -118,12 +134,19 @@ def build(preset: str, patch_size: int, image_size: int, text_dim: int, channels
     return Backbone(transformer)
 
 
-def load(folder: str | Path) -> Backbone:
-    """Rebuild a backbone from a checkpoint folder; an error naming the folder if it is not one."""
+def load(folder: str | Path, frozen_on: torch.device | None = None) -> Backbone:
+    """Rebuild a backbone from a checkpoint folder (float32 weights, to train); an error naming the
+    folder if it is not one. `frozen_on` a GPU: a frozen copy in the checkpoint's own dtype
+    (`WEIGHTS_DTYPE`, bf16 for SD3.5), which the GPU's bf16 autocast computes in anyway."""
     folder = Path(folder)
     if not (folder / "config.json").is_file():
         raise FileNotFoundError(f"{folder}: not a model checkpoint (no config.json)")
-    return Backbone(SD3Transformer2DModel.from_pretrained(folder, local_files_only=True, low_cpu_mem_usage=False))
+    dtype = None
+    if frozen_on is not None and frozen_on.type == "cuda":
+        dtype = getattr(torch, json.loads((folder / "config.json").read_text()).get(WEIGHTS_DTYPE, "float32"))
+    transformer = SD3Transformer2DModel.from_pretrained(folder, local_files_only=True, low_cpu_mem_usage=False,
+                                                        torch_dtype=dtype)
+    return Backbone(transformer.float() if dtype is None else transformer)
 
 
 def load_pretrained(folder: str | Path, text_dim: int, pooled_dim: int, channels: int) -> Backbone:
@@ -146,7 +169,20 @@ def load_pretrained(folder: str | Path, text_dim: int, pooled_dim: int, channels
                          f"{channels} channels (3: pixels; a VAE's latent channels: its pipeline folder's vae/)")
     if config.in_channels == config.out_channels:
         _add_source_channels(transformer)
-    return Backbone(transformer)
+    transformer.register_to_config(**{WEIGHTS_DTYPE: _stored_dtype(folder)})
+    return Backbone(transformer.float())
+
+
+def _stored_dtype(folder: Path) -> str:
+    """The dtype of a diffusers folder's safetensors weights (their first tensor's), as a torch name."""
+    from safetensors import safe_open
+
+    files = sorted(folder.glob("*.safetensors"))
+    if not files:
+        return "float32"
+    with safe_open(files[0], "pt") as f:
+        stored = f.get_slice(next(iter(f.keys()))).get_dtype()
+    return SAFETENSORS_DTYPES.get(stored, "float32")
 
 
 def _add_source_channels(transformer: SD3Transformer2DModel) -> None:
@@ -188,7 +224,5 @@ def average(folders: list[str | Path]) -> Backbone:
 
 def json_config(model: Backbone) -> str:
     """The architecture config and prediction as a canonical string (without diffusers' bookkeeping keys)."""
-    import json
-
     config = {k: v for k, v in model.transformer.config.items() if not k.startswith("_")}
     return json.dumps(config | {"prediction": model.prediction}, sort_keys=True, default=str)

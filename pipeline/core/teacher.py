@@ -93,7 +93,7 @@ def load_teacher(routes: Sequence[Route], sources: Mapping[str, Path], device: t
         if r.source not in sources:
             raise ValueError(f"route {r.name}: no checkpoint for source {r.source!r} (have {sorted(sources)})")
         if r.source not in loaded:
-            model = backbone.load(sources[r.source]).to(device)
+            model = backbone.load(sources[r.source], frozen_on=device).to(device)
             loaded[r.source] = torch.compile(model) if compile else model
     return build_teacher({r.name: loaded[r.source] for r in routes}, [r.name for r in routes], mode, guidance, null,
                          weights)

@@ -40,7 +40,9 @@ def load_encoder(name: str, max_tokens: int, batch_size: int = 256, pretrained: 
         return TextEncoder(name, max_tokens, batch_size)
     if not pretrained:
         raise ValueError("text.encoder: 'pretrained' needs model.pretrained, the SD3 folder whose encoders to use")
-    return SD3TextEncoder(pretrained, max_tokens, batch_size, device)
+    # bf16 on a GPU: T5-XXL alone is 4.8B parameters (19 GB in float32); the embeddings are stored in float16
+    dtype = torch.bfloat16 if torch.device(device).type == "cuda" else torch.float32
+    return SD3TextEncoder(pretrained, max_tokens, batch_size, device, dtype)
 
 
 class SD3TextEncoder(CachedEncoder):

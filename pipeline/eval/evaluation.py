@@ -33,10 +33,10 @@ import numpy as np
 import torch
 from PIL import Image
 
-from pipeline.core import backbone, checkpoint, teacher
+from pipeline.core import backbone, checkpoint, compute, teacher
 from pipeline.core.batches import Curated
 from pipeline.core.latents import Space
-from pipeline.eval.sample import Panel, generate, labelled_grid
+from pipeline.eval.sample import Panel, generate, labelled_grid, noise_like
 from pipeline.data import shards, world
 from pipeline.eval import metrics, stats
 
@@ -50,13 +50,18 @@ def sample_bucket(field, data: Curated, bucket: str, eval_params, shift: float, 
     """(test records, outputs uint8 (N, H, W, 3), seconds) for one bucket's first `eval.count` tests,
     sampled in `data`'s space and decoded to pixels."""
     test = data.tensors([bucket], "test", limit=eval_params.count, route_of_bucket=route_of_bucket)
-    x, cond = test.batch(torch.arange(len(test)))
-    tic = time.perf_counter()
+    shape = tuple(test.image.shape[1:])
+    noise = noise_like(len(test), shape, eval_params.seed)  # the whole bucket's: any batch_size, the same images
+    tic, out = time.perf_counter(), []
     image_guidance = eval_params.image_guidance if test.has_source.any() else 1.0  # edits only
-    out = generate(field, cond, steps=eval_params.steps, shift=shift, seed=eval_params.seed, guidance=guidance,
-                   null=data.null(), image_shape=tuple(x.shape[1:]), device=device, image_guidance=image_guidance)
-    out = data.space.decode(out)  # (N, 3, H, W) in [-1, 1]: pixels as they are, latents through the VAE
-    return test, shards.to_uint8(out), time.perf_counter() - tic
+    for rows in torch.arange(len(test)).split(eval_params.batch_size or len(test)):  # eval.batch_size at once
+        _, cond = test.batch(rows)
+        with compute.autocast(device):  # bf16 on a GPU; the CPU's float32 as it was
+            part = generate(field, cond, steps=eval_params.steps, shift=shift, seed=eval_params.seed,
+                            guidance=guidance, null=data.null(), image_shape=shape, device=device,
+                            image_guidance=image_guidance, noise=noise[rows])
+        out.append(data.space.decode(part.float()))  # (n, 3, H, W) in [-1, 1]: latents through the VAE
+    return test, shards.to_uint8(torch.cat(out)), time.perf_counter() - tic
 
 
 def evaluate(field, ev, data: Curated, eval_params, shift: float, guidance: float, device,
@@ -142,7 +147,7 @@ def load_field(name: str, eval_params, fields, setting=None, *, model: Path | No
     if name not in TEACHERS:
         if model is None:
             raise ValueError(f"evaluate {name}: needs --model <checkpoint folder>")
-        return backbone.load(model).to(device).eval(), eval_params.guidance, None, checkpoint.space([model], device)
+        return backbone.load(model, frozen_on=device).to(device).eval(), eval_params.guidance, None, checkpoint.space([model], device)
     if base is None or experts is None or setting is None:
         raise ValueError(f"evaluate {name}: needs --setting, --base and --experts, the source checkpoints")
     routes = teacher.routes(setting)  # each sample takes its true route (no router)

@@ -22,11 +22,13 @@ def noise_like(n: int, shape: tuple[int, ...], seed: int) -> Tensor:
 @torch.no_grad()
 def generate(model, cond: Cond, *, steps: int, shift: float, seed: int, guidance: float = 1.0,
              null: tuple[Tensor, Tensor] | None = None, image_shape: tuple[int, ...] = (3, 32, 32),
-             device: torch.device | None = None, image_guidance: float = 1.0) -> Tensor:
+             device: torch.device | None = None, image_guidance: float = 1.0, noise: Tensor | None = None) -> Tensor:
     """Images (B, C, H, W) in [-1, 1] from `steps` Euler steps of a model or any field.
 
     guidance != 1 wraps it in CFG and needs the null text; image_guidance != 1 guides edits by their
     source too (InstructPix2Pix's two scales, `GuidedField`). The device defaults to the model's.
+    `noise` (B, C, H, W), when given, is the starting noise instead of `seed`'s (a slice of a larger
+    set's, so that sampling it in parts gives the same images).
     """
     field = model  # called under no_grad; not ModelField, which would freeze a model still training
     if guidance != 1.0 or (image_guidance != 1.0 and cond.source is not None):
@@ -34,7 +36,7 @@ def generate(model, cond: Cond, *, steps: int, shift: float, seed: int, guidance
             raise ValueError("generate: guidance != 1 needs the null text embedding")
         field = GuidedField(field, guidance, *null, image_scale=image_guidance)
     device = device or (next(model.parameters()).device if isinstance(model, nn.Module) else torch.device("cpu"))
-    noise = noise_like(len(cond), image_shape, seed).to(device)
+    noise = (noise_like(len(cond), image_shape, seed) if noise is None else noise).to(device)
     grid = flow.time_grid(steps, shift)
     return flow.euler_sample(field, noise, cond.to(device), grid).clamp(-1, 1)
 

@@ -213,6 +213,8 @@ def train_student(method, setting, fields, routing, train, shift: float, compute
     if routing.source == "router":
         batches = relabelled(batches, router_routes(Router.load(router_dir).to(device), routes, device))
     student = backbone.load(sources[method.init])
+    if compute_params.grad_checkpointing:
+        student.checkpoint_activations()
     if lora_rank:  # the init's weights stay frozen; the adapter is merged when the student is saved
         backbone.add_lora(student, lora_rank, seed)
     micro = method.grad_accum * (len(routes) if method.routing_per == "all" else 1)  # "all": each route each step

@@ -120,6 +120,8 @@ def train_model(plan: Plan, train, model_params, compute_params, *, data: Curate
         tensors = curated.tensors(plan.buckets, "train").to(device)
         batches = random_batches(tensors, batch_size, rng)
     model = backbone.load(init) if init else new_model(model_params, train.seed, tensors)
+    if compute_params.grad_checkpointing:
+        model.checkpoint_activations()
     if model_params.lora_rank:  # the init's weights stay frozen; an adapter learns the plan (saved merged)
         backbone.add_lora(model, model_params.lora_rank, train.seed)
     r = plan.recipe
