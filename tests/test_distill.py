@@ -381,14 +381,19 @@ def test_off_policy_prompt_only_states_do_not_depend_on_the_render():
 
 
 def test_query_states_alone_equal_the_step_s_states():
+    """`query_states` on the step's batch and generator gives exactly the states and times the step's
+    student is trained on (its one call with gradients), and the owner of each query."""
     data, m = fake_set(), method(queries=2, query="uniform")
-    x, cond = data.batch(torch.arange(4))
-    x_t, t, owner = distill.query_states(Toy(0), x, cond, m, SHIFT, torch.Generator().manual_seed(5),
-                                         torch.device("cpu"))
+    teacher = build_teacher({k: Toy(i + 1) for i, k in enumerate(world.TASKS)}, list(world.TASKS), "hard")
+    spy = Spy(0)
+    one_step(spy, teacher, data, m, gen_seed=5)
+    trained = [(x, t) for x, t, _, grad in spy.calls if grad]
+    assert len(trained) == 1
+    gen = torch.Generator().manual_seed(5)  # the step's stream and generator, replayed
+    x, cond = next(batches.random_batches(data, m.batch_size, gen))
+    x_t, t, owner = distill.query_states(Toy(0), x, cond, m, SHIFT, gen, torch.device("cpu"))
     assert x_t.shape == (8, C, S, S) and t.shape == (8,) and owner.tolist() == [0, 0, 1, 1, 2, 2, 3, 3]
-    again, _, _ = distill.query_states(Toy(0), x, cond, m, SHIFT, torch.Generator().manual_seed(5),
-                                       torch.device("cpu"))
-    assert torch.equal(x_t, again)
+    assert torch.equal(trained[0][0], x_t) and torch.equal(trained[0][1], t)
 
 
 # --- the loss --------------------------------------------------------------------------------------

@@ -29,9 +29,24 @@ def _cli(model_dir, tmp_path, *args):
     return code, out
 
 
-def _image(tmp_path, size=32, mode="RGB"):
-    path = tmp_path / f"source-{size}-{mode}.png"
-    pixels = np.zeros((size, size, len(mode)), np.uint8)
+@pytest.fixture(scope="module")
+def edit_dir(tmp_path_factory):
+    """A model that reads its source: its patch embedding's source channels drawn at random (a new
+    model's start at zero and would ignore any --image)."""
+    folder = tmp_path_factory.mktemp("edit") / "student"
+    torch.manual_seed(0)
+    model = backbone.build("tiny", 4, 32, 384)
+    with torch.no_grad():
+        model.transformer.pos_embed.proj.weight[:, 3:].normal_(0, 0.5)
+    sampling = checkpoint.sampling_card(3.0, 32, {"encoder": "minilm", "max_tokens": 24, "dim": 384})
+    checkpoint.save_model(model, folder, {"name": "student", "history": []}, sampling)
+    Router(384).save(folder.parent / "router")
+    return folder
+
+
+def _image(tmp_path, size=32, mode="RGB", value=0):
+    path = tmp_path / f"source-{size}-{mode}-{value}.png"
+    pixels = np.full((size, size, len(mode)), value, np.uint8)
     Image.fromarray(pixels if len(mode) > 1 else pixels[..., 0], mode).save(path)
     return path
 
@@ -46,10 +61,20 @@ def test_text_to_image_writes_an_image_of_the_model_size(model_dir, tmp_path, ca
     assert np.array_equal(first, np.asarray(Image.open(out)))  # seeded
 
 
-def test_an_edit_takes_its_source_image_and_guidance(model_dir, tmp_path):
-    code, out = _cli(model_dir, tmp_path, "--task", "local_edit", "--prompt", "make the circle blue",
-                     "--image", str(_image(tmp_path)), "--guidance", "2.0")
-    assert code == 0 and Image.open(out).size == (32, 32)
+def test_an_edit_takes_its_source_image_and_guidance(edit_dir, tmp_path):
+    """--image reaches the model and --guidance the sampler: changing either changes the output,
+    repeating both does not."""
+    def edited(image, guidance):
+        code, out = _cli(edit_dir, tmp_path, "--task", "local_edit", "--prompt", "make the circle blue",
+                         "--image", str(image), "--guidance", guidance)
+        assert code == 0 and Image.open(out).size == (32, 32)
+        return np.asarray(Image.open(out))
+
+    black, white = _image(tmp_path), _image(tmp_path, value=255)
+    first = edited(black, "2.0")
+    assert np.array_equal(first, edited(black, "2.0"))
+    assert not np.array_equal(first, edited(white, "2.0"))
+    assert not np.array_equal(first, edited(black, "1.0"))
 
 
 @pytest.mark.parametrize("task", ["t2i", "global_edit"])

@@ -1,10 +1,11 @@
 """pipeline.core.streams: batches streamed from the shards through webdataset (`data.stream`)."""
 import itertools
+import math
 
 import pytest
 import torch
 
-from pipeline.core import streams
+from pipeline.core import backbone, streams
 from pipeline.core.batches import stack_records
 from pipeline.data import shards
 
@@ -79,7 +80,12 @@ def test_sft_and_distillation_train_on_streamed_batches(curated, tmp_path):
             method, cfg.settings[name], cfg.fields, cfg.routing, cfg.train, cfg.model.shift, cfg.compute,
             data=curated, base=tmp_path / "sources" / "base", experts=tmp_path / "sources" / "experts",
             router_dir=tmp_path / "router", out=tmp_path / name, name=name, seed=0, stream=cfg.data.stream)
-        assert len(student.history) == 3 and all(row["loss"] >= 0 for row in student.history), name
+        assert len(student.history) == 3 and all(math.isfinite(row["loss"]) and row["loss"] > 0
+                                                  for row in student.history), name
+        init = backbone.load(tmp_path / "sources" / ("base" if method.init == "base" else f"experts/{method.init}"))
+        moved = [not torch.equal(a, b) for a, b in zip(init.state_dict().values(),
+                                                        backbone.load(tmp_path / name).state_dict().values())]
+        assert sum(moved) > 0.9 * len(moved), name  # it trained on the streamed batches
         assert (tmp_path / name / "config.json").is_file()
 
 

@@ -128,13 +128,22 @@ def _noised(batch):
 
 
 def test_ema_tracks_a_moving_average(curated, tmp_path):
+    """The EMA `fit` returns is the closed form over the weights after each step: two updates of
+    decay min(0.5, 1/10) = 0.1 and min(0.5, 2/11), from the initial weights w0."""
     model, step, tensors = _setup(curated)
-    start = {k: v.clone() for k, v in model.state_dict().items()}
-    final = _fit(model, step, tensors, tmp_path, steps=2, ema=0.5).model
-    assert final is not model
-    k = "transformer.proj_out.weight"
-    # two updates, of decay min(0.5, 1/10) and min(0.5, 2/11): strictly between start and w2
-    assert not torch.equal(final.state_dict()[k], start[k]) and not torch.equal(final.state_dict()[k], model.state_dict()[k])
+    seen = []  # the weights each step starts from: w0, then w1
+
+    def recording(m, batch, gen):
+        seen.append({k: v.detach().clone() for k, v in m.state_dict().items()})
+        return step(m, batch, gen)
+
+    final = _fit(model, recording, tensors, tmp_path, steps=2, ema=0.5).model
+    assert final is not model and len(seen) == 2
+    (w0, w1), w2 = seen, model.state_dict()
+    for k in w0:
+        a1 = w0[k] + (1 - 0.1) * (w1[k] - w0[k])
+        a2 = a1 + (1 - 2 / 11) * (w2[k] - a1)
+        assert torch.allclose(final.state_dict()[k], a2, atol=1e-6), k
 
 
 def test_condition_dropout_uses_the_null_text(curated):
