@@ -172,6 +172,17 @@ def test_stage_params_exist(name, stage):
             _lookup(key)
 
 
+def test_the_committed_lock_holds_only_the_stages_dvc_yaml_defines():
+    """DVC never drops a lock entry whose stage is gone (a renamed stage, a matrix row the params no
+    longer list); an entry dvc.yaml does not define is dead weight for every reader of the lock."""
+    from dvc.repo import Repo
+
+    with Repo(str(ROOT)) as repo:
+        defined = {stage.addressing for stage in repo.index.stages}
+    locked = set(yaml.safe_load((ROOT / "dvc.lock").read_text())["stages"])
+    assert locked - defined == set(), "dvc.lock: drop the entries of stages dvc.yaml no longer defines"
+
+
 def _tiny_repo(tmp_path: Path) -> Path:
     repo = tmp_path / "repo"
     repo.mkdir()
