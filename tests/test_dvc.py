@@ -161,8 +161,17 @@ def _run_cache_blind_params(lock: dict) -> list[str]:
 
 
 def _declared(stage) -> list[str]:
-    """A stage's params keys; "" when it declares the whole params.yaml (`- params.yaml:`)."""
-    return ["" if isinstance(key, dict) else str(key) for key in stage.get("params", [])]
+    """A stage's params keys; "" when it declares the whole params.yaml (`- params.yaml:`). An item
+    `params.yaml: [keys]` (a shared, anchored list) contributes its keys."""
+    keys = []
+    for item in stage.get("params", []):
+        if not isinstance(item, dict):
+            keys.append(str(item))
+            continue
+        for file, listed in item.items():
+            assert file == "params.yaml", f"params from {file}: every hyperparameter lives in params.yaml"
+            keys += [""] if listed is None else [str(k) for k in listed]
+    return keys
 
 
 @pytest.mark.parametrize("name,stage", list(_stages()))
