@@ -181,6 +181,18 @@ def test_stage_params_exist(name, stage):
             _lookup(key)
 
 
+def test_a_student_depends_on_its_setting_s_routes_and_init_only():
+    """Adding a seed or a method to a setting must not rerun the students it already has: no distill
+    stage declares the whole setting, or its seeds or methods."""
+    for name, stage in _stages():
+        if name.startswith("distill_"):
+            setting = name.split("@")[0].removeprefix("distill_")
+            declared = set(_declared(stage))
+            assert {f"settings.{setting}.routes", f"settings.{setting}.init"} <= declared, name
+            assert not declared & {f"settings.{setting}", f"settings.{setting}.seeds", f"settings.{setting}.methods",
+                                   "settings", ""}, name
+
+
 def test_the_committed_lock_holds_only_the_stages_dvc_yaml_defines():
     """DVC never drops a lock entry whose stage is gone (a renamed stage, a matrix row the params no
     longer list); an entry dvc.yaml does not define is dead weight for every reader of the lock."""
