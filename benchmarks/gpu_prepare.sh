@@ -55,6 +55,5 @@ du -sh .whl .gpu
 # The short DAG's stages, resolved here with its overrides (params.yaml put back after).
 cp params.yaml .gpu/params.default.yaml
 trap 'mv .gpu/params.default.yaml params.yaml' EXIT
-PATH="$PWD/$venv/bin:$PATH" bash benchmarks/gpu_dag.sh --dry > /dev/null
-"$venv/bin/dvc" stage list --name-only > .gpu/dag_stages.txt
+PATH="$PWD/$venv/bin:$PATH" bash benchmarks/gpu_dag.sh --stages > .gpu/dag_stages.txt
 echo "$(wc -l < .gpu/dag_stages.txt) stages in the short DAG"

@@ -348,11 +348,22 @@ def test_tiny_dvc_repro(tmp_path):
     # are byte-identical (no timings inside), so every downstream stage stays cached.
     _touch_comment(repo / "stages" / "train_router.py")
     assert _ran(_run(["dvc", "repro"], repo)) == ["train_router"]
+    # The same through the parallel runner (`dvc repro -s` a stage, DVC deciding): the seven training
+    # stages rerun, and DVC leaves every stage after them alone.
     _touch_comment(repo / "stages" / "train.py")
-    assert _ran(_run(["dvc", "repro"], repo)) == [
-        "train_base", "train_expert@edit", "train_expert@global_edit", "train_expert@local_edit", "train_expert@realism",
-        "train_joint@local_global", "train_joint@t2i_edit"]
+    out = _run([sys.executable, str(ROOT / "tools" / "repro.py"), "-j", "2"], repo)
+    trained = ["train_base", "train_expert@edit", "train_expert@global_edit", "train_expert@local_edit",
+               "train_expert@realism", "train_joint@local_global", "train_joint@t2i_edit"]
+    assert sorted(re.findall(r"^\S+ done (\S+) in ", out, re.MULTILINE)) == trained
+    assert re.findall(r"^\S+ unchanged (\S+) in ", out, re.MULTILINE) and "0 failed" in out
     assert "up to date" in _run(["dvc", "status"], repo)
+    # A new seed trains and evaluates its students only; the others stay cached.
+    params = yaml.safe_load((repo / "params.yaml").read_text())
+    params["settings"]["t2i_edit"]["seeds"] = [0, 1]
+    (repo / "params.yaml").write_text(yaml.safe_dump(params, sort_keys=False))
+    assert _ran(_run(["dvc", "repro"], repo)) == [
+        "distill_t2i_edit@danceopd-1", "distill_t2i_edit@diffusionopd-1", "evaluate_t2i_edit@danceopd-1",
+        "evaluate_t2i_edit@diffusionopd-1", "report", "validate"]
     # The canvas resolution reaches curate for real: it reruns (no stale shards from the run-cache).
     params = yaml.safe_load((repo / "params.yaml").read_text())
     params["world"]["resolution"] = 16
