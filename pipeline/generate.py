@@ -22,9 +22,9 @@ from PIL import Image
 
 from pipeline.core import backbone, checkpoint
 from pipeline.core.fields import Cond
+from pipeline.core.router import Router
 from pipeline.data import sd3_text, shards, world
 from pipeline.eval.sample import generate
-from pipeline.train.router import Router
 
 DEFAULT_MODEL = Path("data/models/students/t2i_edit/danceopd-s0")  # DanceOPD of Table 2A (T2I + edit)
 DEFAULT_ROUTER = Path("data/models/router")

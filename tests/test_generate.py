@@ -8,7 +8,7 @@ from PIL import Image
 
 from pipeline import generate
 from pipeline.core import backbone, checkpoint
-from pipeline.train.router import Router
+from pipeline.core.router import Router
 
 
 @pytest.fixture(scope="module")

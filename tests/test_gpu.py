@@ -11,10 +11,10 @@ import torch
 from pipeline.core import backbone, compute
 from pipeline.core.batches import TensorSet, routed_batches
 from pipeline.core.fields import Cond, ModelField
+from pipeline.core.router import Router
 from pipeline.core.teacher import Route, build_teacher
 from pipeline.data import world
 from pipeline.train import distill, loop
-from pipeline.train.router import Router
 from tests.test_distill import method
 
 ON_GPU = [pytest.mark.gpu, pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU")]

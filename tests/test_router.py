@@ -6,8 +6,9 @@ import pytest
 import torch
 
 from pipeline.core.batches import TensorSet
+from pipeline.core.router import Router
 from pipeline.data import world
-from pipeline.train.router import Router, labelled_subset, train_router
+from pipeline.train.router import labelled_subset, train_router
 
 TASK_BUCKETS = ("t2i", "local_edit", "global_edit")
 

@@ -40,7 +40,7 @@ from pipeline.eval.sample import Panel, generate, labelled_grid, noise_like
 from pipeline.data import shards, world
 from pipeline.eval import metrics, stats
 
-BUCKETS = ("t2i", "local_edit", "global_edit", "realism")
+BUCKETS = world.BUCKETS  # every bucket is evaluated
 GRID_COLUMNS = 8  # test samples per bucket shown in the sample grid
 TEACHERS = {"teacher": False, "teacher_cfg": True}  # name -> sampled at fields.cfg_scale
 

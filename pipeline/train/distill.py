@@ -35,9 +35,9 @@ from torch import Tensor, nn
 from pipeline.core import backbone, checkpoint, compute, flow, streams, teacher
 from pipeline.core.batches import Batch, Curated, routed_batches
 from pipeline.core.fields import Cond, Field
+from pipeline.core.router import Router
 from pipeline.data import outputs
 from pipeline.train.loop import Fit, Loop, StepFn, fit
-from pipeline.train.router import Router
 
 # u ~ Beta(a, b) over the high-to-low-noise rollout list, index = floor(R u): "low" is the
 # low-noise (late) end. Beta(1, 1) is the uniform distribution.
