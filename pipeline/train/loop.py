@@ -127,6 +127,84 @@ def lr_factor(step: int, loop: Loop) -> float:
     return loop.min_lr_ratio + (1 - loop.min_lr_ratio) * 0.5 * (1 + math.cos(math.pi * min(1.0, progress)))
 
 
+@dataclasses.dataclass
+class _State:
+    """A run's whole training state: what a checkpoint in `work` holds and a resume restores."""
+
+    work: Path
+    run_id: str
+    model: nn.Module
+    opt: torch.optim.Optimizer
+    schedule: torch.optim.lr_scheduler.LRScheduler
+    ema: EMA
+    rngs: tuple[torch.Generator, ...]
+    batches: Iterator[Batch]
+    progress: dict = dataclasses.field(default_factory=lambda: {"step": 0, "history": []})
+
+    def save(self) -> None:
+        """Rank 0 writes the state, with every rank's generators (a list per rank)."""
+        generators = [[g.get_state() for g in self.rngs]]
+        if compute.world()[1] > 1:
+            generators = [None] * compute.world()[1]
+            dist.all_gather_object(generators, [g.get_state() for g in self.rngs])
+        if compute.world()[0] == 0:
+            frozen = _frozen(self.model)
+            checkpoint.save_state(self.work, self.run_id, {
+                "model": {k: v for k, v in self.model.state_dict().items() if k not in frozen},
+                "optimizer": self.opt.state_dict(), "schedule": self.schedule.state_dict(),
+                "ema": self.ema.state_dict(), "generators": generators,
+                "batches": self.batches.state_dict() if hasattr(self.batches, "state_dict") else None,
+                "progress": self.progress})
+
+    def resume(self) -> None:
+        """Continue from the checkpoint in `work`, if one of this run (and this many processes) is there."""
+        state = checkpoint.load_state(self.work, self.run_id)
+        if state is None:
+            return
+        rank, processes = compute.world()
+        saved = state.get("generators") or []
+        if len(saved) != processes or [s.numel() for s in saved[rank]] != [g.get_state().numel() for g in self.rngs]:
+            print(f"{self.work / checkpoint.STATE}: saved by another number of processes or generators (another "
+                  f"device or data.stream); starting afresh")
+            return
+        frozen = _frozen(self.model)
+        missing, unexpected = self.model.load_state_dict(state["model"], strict=False)
+        if unexpected or set(missing) - frozen:
+            raise RuntimeError(f"{self.work / checkpoint.STATE}: the model's keys differ ({sorted(unexpected)[:3]} "
+                               f"saved, {sorted(set(missing) - frozen)[:3]} missing); delete it to start afresh")
+        self.opt.load_state_dict(state["optimizer"])
+        self.schedule.load_state_dict(state["schedule"])
+        self.ema.load_state_dict(state["ema"])
+        for g, generator_state in zip(self.rngs, saved[rank], strict=True):
+            g.set_state(generator_state)
+        if state["batches"] is not None:
+            self.batches.load_state_dict(state["batches"])
+        self.progress.update(state["progress"])
+        print(f"{self.work / checkpoint.STATE}: resuming at step {self.progress['step']}")
+
+
+class _Window:
+    """The losses of the steps since the last read; the mean over them and the processes is the only
+    read of the loss (a GPU sync), and a NaN/inf there stops the stage and drops the checkpoint."""
+
+    def __init__(self, state: _State, name: str):
+        self.state, self.name, self.losses = state, name, []
+
+    def mean(self) -> float | None:
+        if not self.losses:
+            return None
+        total, processes = sum(self.losses), compute.world()[1]
+        if processes > 1:
+            dist.all_reduce(total)
+            total /= processes
+        if not math.isfinite(mean := float(total) / len(self.losses)):
+            checkpoint.finish(self.state.work)  # resuming would replay it: the saved state goes too
+            step = self.state.progress["step"]
+            raise FloatingPointError(f"{self.name}: loss is {mean} in steps {step - len(self.losses)}..{step - 1}; "
+                                     "stopping")
+        return mean
+
+
 def fit(model: nn.Module, step_fn: StepFn, batches: Iterator[Batch], loop: Loop, *,
         rng: torch.Generator | tuple[torch.Generator, ...], work: Path, run_id: str, device: torch.device,
         on_log: Callable[[int, dict], None] | None = None) -> Fit:
@@ -144,29 +222,12 @@ def fit(model: nn.Module, step_fn: StepFn, batches: Iterator[Batch], loop: Loop,
     opt = torch.optim.AdamW(model.parameters(), lr=loop.lr, weight_decay=loop.weight_decay,
                             fused=device.type == "cuda")  # one kernel per step; the CPU keeps the default
     schedule = torch.optim.lr_scheduler.LambdaLR(opt, lambda step: lr_factor(step, loop))
-    ema = EMA(model, loop.ema)
-    progress = {"step": 0, "history": []}
-    _resume(work, run_id, model, opt, schedule, ema, rngs, batches, progress)
-    name = work.name.removesuffix(".partial")
+    state = _State(work, run_id, model, opt, schedule, EMA(model, loop.ema), rngs, batches)
+    state.resume()
+    progress, name = state.progress, work.name.removesuffix(".partial")
     bar = tqdm(total=loop.steps, initial=progress["step"], mininterval=5.0, desc=name, unit="step", disable=rank > 0)
     tic = start = time.perf_counter()
-    window, seen, total_seen = [], 0, 0
-
-    def window_mean() -> float | None:
-        """The loss of the steps since the last read, averaged over them and the processes: the only
-        read of the loss; a NaN/inf stops the stage."""
-        if not window:
-            return None
-        total = sum(window)
-        if processes > 1:
-            dist.all_reduce(total)
-            total /= processes
-        if not math.isfinite(mean := float(total) / len(window)):
-            checkpoint.finish(work)  # resuming would replay it: the saved state goes too
-            first = progress["step"] - len(window)
-            raise FloatingPointError(f"{name}: loss is {mean} in steps {first}..{progress['step'] - 1}; stopping")
-        return mean
-
+    window, seen, total_seen = _Window(state, name), 0, 0
     while progress["step"] < loop.steps:
         opt.zero_grad(set_to_none=True)
         loss_sum, samples = _accumulate(wrapped, forward, step_fn, batches, rngs[0], loop.grad_accum, device)
@@ -174,24 +235,24 @@ def fit(model: nn.Module, step_fn: StepFn, batches: Iterator[Batch], loop: Loop,
         grad_norm = nn.utils.clip_grad_norm_(model.parameters(), loop.grad_clip)
         opt.step()
         schedule.step()
-        ema.update(model)
+        state.ema.update(model)
         progress["step"] += 1
-        window.append(loss_sum)
+        window.losses.append(loss_sum)
         bar.update(1)
         if progress["step"] % loop.log_every == 0 or progress["step"] == loop.steps:
-            row = {"step": progress["step"], "loss": window_mean(), "grad_norm": float(grad_norm)}
+            row = {"step": progress["step"], "loss": window.mean(), "grad_norm": float(grad_norm)}
             extra = {"samples_per_s": processes * seen / (time.perf_counter() - tic), "lr": schedule.get_last_lr()[0]}
             progress["history"].append(row)
             bar.set_postfix(loss=f"{row['loss']:.4f}")
             if on_log:
                 on_log(progress["step"], row | extra)
-            tic, window, total_seen, seen = time.perf_counter(), [], total_seen + seen, 0
+            tic, window.losses, total_seen, seen = time.perf_counter(), [], total_seen + seen, 0
         if progress["step"] % loop.checkpoint_every == 0 and progress["step"] < loop.steps:
-            window_mean()
-            _save(work, run_id, model, opt, schedule, ema, rngs, batches, progress)
+            window.mean()
+            state.save()
     bar.close()
-    samples = processes * (total_seen + seen)
-    return Fit(ema.final(model).eval(), progress["history"], time.perf_counter() - start, samples)
+    return Fit(state.ema.final(model).eval(), progress["history"], time.perf_counter() - start,
+               processes * (total_seen + seen))
 
 
 def _accumulate(wrapped: nn.Module, forward, step_fn: StepFn, batches: Iterator[Batch], rng: torch.Generator,
@@ -215,44 +276,3 @@ def _frozen(model: nn.Module) -> set[str]:
     """The parameters that do not train (a LoRA's base weights): the run's init holds them, so a
     checkpoint leaves them out."""
     return {n for n, p in model.named_parameters() if not p.requires_grad}
-
-
-def _save(work: Path, run_id: str, model, opt, schedule, ema: EMA, rngs, batches, progress: dict) -> None:
-    """Rank 0 writes the state, with every rank's generators (a list per rank)."""
-    generators = [[g.get_state() for g in rngs]]
-    if compute.world()[1] > 1:
-        generators = [None] * compute.world()[1]
-        dist.all_gather_object(generators, [g.get_state() for g in rngs])
-    if compute.world()[0] == 0:
-        frozen = _frozen(model)
-        checkpoint.save_state(work, run_id, {
-            "model": {k: v for k, v in model.state_dict().items() if k not in frozen},
-            "optimizer": opt.state_dict(), "schedule": schedule.state_dict(), "ema": ema.state_dict(),
-            "generators": generators,
-            "batches": batches.state_dict() if hasattr(batches, "state_dict") else None, "progress": progress})
-
-
-def _resume(work: Path, run_id: str, model, opt, schedule, ema: EMA, rngs, batches, progress: dict) -> None:
-    state = checkpoint.load_state(work, run_id)
-    if state is None:
-        return
-    rank, processes = compute.world()
-    saved = state.get("generators") or []
-    if len(saved) != processes or [s.numel() for s in saved[rank]] != [g.get_state().numel() for g in rngs]:
-        print(f"{work / checkpoint.STATE}: saved by another number of processes or generators (another device "
-              f"or data.stream); starting afresh")
-        return
-    frozen = _frozen(model)
-    missing, unexpected = model.load_state_dict(state["model"], strict=False)
-    if unexpected or set(missing) - frozen:
-        raise RuntimeError(f"{work / checkpoint.STATE}: the model's keys differ ({sorted(unexpected)[:3]} saved, "
-                           f"{sorted(set(missing) - frozen)[:3]} missing); delete it to start afresh")
-    opt.load_state_dict(state["optimizer"])
-    schedule.load_state_dict(state["schedule"])
-    ema.load_state_dict(state["ema"])
-    for g, generator_state in zip(rngs, saved[rank], strict=True):
-        g.set_state(generator_state)
-    if state["batches"] is not None:
-        batches.load_state_dict(state["batches"])
-    progress.update(state["progress"])
-    print(f"{work / checkpoint.STATE}: resuming at step {progress['step']}")
