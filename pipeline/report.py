@@ -26,7 +26,7 @@ import numpy as np
 
 from pipeline import config
 from pipeline.data import world
-from pipeline.eval import metrics, stats
+from pipeline.eval import metrics, paper, stats
 
 GEDIT_HEADERS = {"subject_add": "subj-add", "subject_replace": "subj-rep", "subject_remove": "subj-rem",
                  "colour_alter": "color-alt", "background_change": "bg-chg", "style_change": "style-chg"}
@@ -63,57 +63,6 @@ FILL = {"local_global": "dvc exp run -S 'run.experts=[edit,realism,local_edit,gl
         "diagnostic": "dvc exp run -S 'run.experts=[edit,realism,local_edit,global_edit]' "
                       "-S 'run.teachers=[t2i_edit,diagnostic]' "
                       "-S 'settings.diagnostic.methods=[danceopd,soft,per_sample,query_mid,query_high,k4]'"}
-# PAPER.md §3.1-3.2: (GEdit VIEScore average, GenEval overall); None where the paper gives none.
-PAPER = {
-    "t2i_edit": {"t2i_source": (None, 0.832), "edit_source": (4.930, 0.711), "joint": (4.617, 0.808),
-                 "merge": (None, 0.836), "offpolicy": (4.528, 0.818), "diffusionopd": (4.947, 0.833),
-                 "danceopd": (5.347, 0.849)},
-    "local_global": {"local_source": (5.095, 0.793), "global_source": (3.750, 0.808), "joint": (4.546, 0.821),
-                     "merge": (4.715, 0.811), "offpolicy": (4.736, 0.798), "diffusionopd": (4.661, 0.822),
-                     "danceopd": (5.498, 0.848)},
-}
-PAPER_REALISM_CLOSURE = 0.853
-_BASELINES = {"t2i_edit": [("diffusionopd", "DiffusionOPD"), ("offpolicy", "off-policy distillation"),
-                           ("joint", "joint training"), ("merge", "weight merge")],
-              "local_global": [("diffusionopd", "DiffusionOPD"), ("offpolicy", "off-policy distillation"),
-                               ("joint", "joint training"), ("merge", "weight merge")]}
-_SOURCES = {"t2i_edit": {"gedit": [("sources/edit", "edit_source", "its edit source")],
-                         "geneval": [("sources/base", "t2i_source", "its T2I source")]},
-            "local_global": {"gedit": [("sources/local_edit", "local_source", "its local-edit source"),
-                                       ("sources/global_edit", "global_source", "its global-edit source")],
-                             "geneval": [("sources/local_edit", "local_source", "its local-edit source"),
-                                         ("sources/global_edit", "global_source", "its global-edit source")]}}
-
-
-def _paper_claims() -> list[tuple[str, str, str, str, str]]:
-    """(id, statement, model a, model b, score): DanceOPD against every baseline and source of Tables
-    2A and 2B on GEdit and on GenEval (the paper: best on both), then realism and the ablations."""
-    out = []
-    for setting, table in (("t2i_edit", "2A"), ("local_global", "2B")):
-        paper, dance, rows = PAPER[setting], f"{setting}/danceopd", []
-        for score, column, label in (("gedit", 0, "edits better than"), ("geneval", 1, "has a higher GenEval than")):
-            rivals = [(f"{setting}/{m}", m, what) for m, what in _BASELINES[setting]] + _SOURCES[setting][score]
-            for b, key, what in rivals:
-                theirs = paper.get(key, (None, None))[column]
-                value = "collapses editing" if theirs is None else f"{theirs:.3f}"
-                rows.append((f"DanceOPD {label} {what} ({paper['danceopd'][column]:.3f} vs {value})", dance, b, score))
-        out += [(f"{table}-{i}", *row) for i, row in enumerate(rows, 1)]
-    out += [
-        ("R-1", "On-policy absorbs more realism than off-policy (≈0.30 vs ≈0.27)", "realism/danceopd",
-         "realism/offpolicy", "realism"),
-        ("D-1", "Hard routing beats soft mixing (5.751 vs 4.994)", "diagnostic/danceopd", "diagnostic/soft", "gedit"),
-        ("D-2", "One route per update beats routes mixed in a batch (K1G1 5.751 vs K1G3 5.485, if G is this)",
-         "diagnostic/danceopd", "diagnostic/per_sample", "gedit"),
-        ("D-3", "A low-noise query beats a mid-noise one (Fig. 6 left)", "diagnostic/danceopd",
-         "diagnostic/query_mid", "gedit"),
-        ("D-4", "A low-noise query beats a high-noise one (Fig. 6 left)", "diagnostic/danceopd",
-         "diagnostic/query_high", "gedit"),
-        ("D-5", "One query per rollout beats K = 4 (Fig. 6 right)", "diagnostic/danceopd", "diagnostic/k4", "gedit"),
-    ]
-    return out
-
-
-CLAIMS = _paper_claims()
 
 
 class Model:
@@ -175,7 +124,7 @@ def load_model(eval_dir: Path, outcomes_dir: Path, name: str) -> Model | None:
 
 def collect(eval_dir: Path, outcomes_dir: Path, evaluator: Path, router: Path, settings, fields) -> dict:
     """Everything the report shows, as one JSON-able dict (models without metrics are left out)."""
-    names = {row[1] for _, rows in TABLES.values() for row in rows} | {c[2] for c in CLAIMS} | {c[3] for c in CLAIMS}
+    names = {row[1] for _, rows in TABLES.values() for row in rows} | {c[2] for c in paper.CLAIMS} | {c[3] for c in paper.CLAIMS}
     names |= {f"{s}/{m}" for s, setting in settings.items() for m in setting.methods}
     names |= {"sources/base", "sources/realism", "diagnostic/teacher", "diagnostic/teacher_cfg"}
     loaded = {n: m for n in sorted(names) if (m := load_model(eval_dir, outcomes_dir, n)) is not None}
@@ -196,7 +145,7 @@ def claims(models: dict[str, Model]) -> list[dict]:
     """Each paper claim: both scores, the paired difference a - b with its two-level interval, the
     verdict, and the CLIP score's paired difference beside it."""
     out = []
-    for claim_id, statement, a, b, score in CLAIMS:
+    for claim_id, statement, a, b, score in paper.CLAIMS:
         row = {"id": claim_id, "claim": statement, "a": a, "b": b, "score": score}
         if a not in models or b not in models:  # a row this configuration does not run (params `run`)
             out.append(row | {"verdict": "not run"})
@@ -276,14 +225,14 @@ def _table(results: dict, setting: str) -> list[str]:
         model = results["models"].get(name)
         if model is None:
             continue
-        paper = PAPER[setting].get(paper_key, (None, None)) if paper_key else (None, None)
+        theirs = paper.PAPER[setting].get(paper_key, (None, None)) if paper_key else (None, None)
         kid = f"{model['kid']:.3g} [{model['kid_ci'][0]:.3g}, {model['kid_ci'][1]:.3g}]"
         cats = [_fmt(model["gedit_by_category"].get(c), 2) for c in GEDIT_HEADERS]
         seeds = f" ({model['seeds']} seeds)" if model["seeds"] > 1 else ""
         lines.append("| " + " | ".join([
             label + seeds, *cats, _fmt(model["gedit_local"]["value"], 2), _fmt(model["gedit_global"]["value"], 2),
             _fmt(model["gedit"]), _fmt(model["geneval"]), _fmt(model["clip_score"]["value"], 1), kid,
-            f"{model['fid']:.0f} ({model['fid_floor']:.0f})", _paper(paper[0]), _paper(paper[1])]) + " |")
+            f"{model['fid']:.0f} ({model['fid_floor']:.0f})", _paper(theirs[0]), _paper(theirs[1])]) + " |")
     return lines + [""]
 
 
@@ -334,7 +283,7 @@ def _realism(realism: dict) -> list[str]:
         seeds = f" ({s['seeds']} seeds)" if s["seeds"] > 1 else ""
         lines.append(f"| {name}{seeds} | {_fmt(s['realism'])} | {_fmt(s['closure'])} | {_fmt(s['geneval'])} |")
     lines += [f"| realism expert (teacher) | {_fmt(realism['teacher'])} | 1 | {_fmt(realism['teacher_geneval'])} |", "",
-              f"The paper closes {PAPER_REALISM_CLOSURE:.1%} of the student-to-teacher realism gap.", ""]
+              f"The paper closes {paper.PAPER_REALISM_CLOSURE:.1%} of the student-to-teacher realism gap.", ""]
     return lines
 
 
