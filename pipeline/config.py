@@ -69,9 +69,9 @@ class ConfigError(ValueError):
 
 
 class Section(BaseModel):
-    """A params section: strict, frozen, no unknown keys; records reads while tracing."""
+    """A params section: strict, frozen, no unknown keys, no NaN or infinite number; records reads while tracing."""
 
-    model_config = ConfigDict(extra="forbid", strict=True, frozen=True)
+    model_config = ConfigDict(extra="forbid", strict=True, frozen=True, allow_inf_nan=False)
     _where: str = PrivateAttr(default="")  # this section's dotted key
     _origins: dict[str, str] = PrivateAttr(default_factory=dict)  # field -> the key it came from
 
@@ -379,6 +379,9 @@ def _check(cfg: Config) -> list[str]:
     if cfg.data.external_csv and (csv.is_absolute() or csv.parts[0] != "external" or ".." in csv.parts):
         problems.append(f"data.external_csv: {cfg.data.external_csv!r} must be a path under external/ "
                         f"(the folder curate depends on, so that changing the data reruns it)")
+    if cfg.eval.count > cfg.data.test_per_bucket:
+        problems.append(f"eval.count: {cfg.eval.count} test samples a bucket, but data.test_per_bucket curates "
+                        f"{cfg.data.test_per_bucket}")
     for name, setting in cfg.settings.items():
         where = f"settings.{name}"
         for route, source in setting.routes.items():

@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import math
 import sys
 from pathlib import Path
 
@@ -23,7 +24,7 @@ from PIL import Image
 from pipeline.core import backbone, checkpoint
 from pipeline.core.fields import Cond
 from pipeline.core.router import Router
-from pipeline.data import sd3_text, shards, world
+from pipeline.data import images, sd3_text, shards, world
 from pipeline.eval.sample import generate
 
 DEFAULT_MODEL = Path("data/models/students/t2i_edit/danceopd-s0")  # DanceOPD of Table 2A (T2I + edit)
@@ -37,15 +38,13 @@ class UsageError(ValueError):
 def read_image(path: Path, resolution: int) -> torch.Tensor:
     """(1, 3, S, S) in [-1, 1] from an RGB image file of the model's size."""
     try:
-        with Image.open(path) as img:
-            if img.mode in ("RGBA", "LA", "PA") and (np.asarray(img.convert("RGBA"))[..., 3] < 255).any():
-                raise UsageError(f"--image {path}: has transparent pixels; flatten it onto a background first")
-            if img.size != (resolution, resolution):
-                raise UsageError(f"--image {path}: is {img.size[0]}x{img.size[1]}; the model takes "
-                                 f"{resolution}x{resolution} (sampling.json: resolution)")
-            return shards.to_tensor(np.array(img.convert("RGB"))[None])
-    except OSError as err:
-        raise UsageError(f"--image {path}: cannot read it ({err})") from err
+        pixels = images.read_rgb(path)
+    except images.ImageError as err:
+        raise UsageError(f"--image {err}") from err
+    if pixels.shape[:2] != (resolution, resolution):
+        raise UsageError(f"--image {path}: is {pixels.shape[1]}x{pixels.shape[0]}; the model takes "
+                         f"{resolution}x{resolution} (sampling.json: resolution)")
+    return shards.to_tensor(np.array(pixels)[None])
 
 
 def choose_task(task: str | None, pooled: torch.Tensor, router_dir: Path) -> str:
@@ -104,8 +103,8 @@ def parser() -> argparse.ArgumentParser:
 
 def main(argv: list[str] | None = None) -> int:
     args = parser().parse_args(argv)
-    if args.steps < 1 or args.guidance <= 0:
-        print("error: --steps must be >= 1 and --guidance > 0", file=sys.stderr)
+    if args.steps < 1 or not (math.isfinite(args.guidance) and args.guidance > 0):
+        print(f"error: --steps must be >= 1 and --guidance a finite number > 0 (got {args.guidance})", file=sys.stderr)
         return 2
     try:
         print(json.dumps(run(args)))

@@ -1,6 +1,7 @@
 """pipeline.config: the single validator of params.yaml (types, choices, ranges, methods, cross-checks)."""
 import ast
 import copy
+import math
 import re
 import typing
 
@@ -108,6 +109,22 @@ def test_choices_are_checked_at_load(tmp_path, key, value):
 def test_numbers_out_of_range_are_named(tmp_path, key, value):
     with pytest.raises(config.ConfigError, match=rf"params.yaml: {re.escape(key)}: Input should be"):
         config.load(_write(tmp_path, _set(_raw(), key, value)))
+
+
+@pytest.mark.parametrize("key,value", [("train.base.lr", math.inf), ("eval.guidance", math.inf),
+                                       ("fields.cfg_scale", math.nan), ("routing.weights.t2i", math.inf),
+                                       ("train.grad_clip", math.nan)])
+def test_nan_and_infinite_numbers_are_named(tmp_path, key, value):
+    """`-S train.base.lr=inf` passed every positive-float check; YAML 1.2 reads .inf and .nan as numbers."""
+    with pytest.raises(config.ConfigError, match=rf"params.yaml: {re.escape(key)}: Input should be a finite number"):
+        config.load(_write(tmp_path, _set(_raw(), key, value)))
+
+
+def test_eval_count_is_bounded_by_the_curated_test_samples(tmp_path):
+    raw = _set(_raw(), "eval.count", 5000)
+    with pytest.raises(config.ConfigError, match=r"eval.count: 5000 test samples a bucket, but data.test_per_bucket "
+                                                 r"curates 240"):
+        config.load(_write(tmp_path, raw))
 
 
 def test_every_problem_is_listed_at_once(tmp_path):

@@ -20,6 +20,7 @@ import pandas as pd
 import pandera.pandas as pa
 from PIL import Image
 
+from pipeline.data import images
 from pipeline.data.shards import EXTERNAL, SPLITS, DataError, describe_failures
 
 COLUMNS = ["uid", "task", "prompt", "source_image", "target_image"]
@@ -82,20 +83,12 @@ def _inside(folder: Path, name: str, where: str) -> Path:
 
 def _load_image(path: Path, size: int, where: str) -> np.ndarray:
     try:
-        with Image.open(path) as img:
-            if img.mode in ("RGBA", "LA", "PA") or "transparency" in img.info:
-                alpha = np.asarray(img.convert("RGBA"))[..., 3]
-                if (alpha < 255).any():
-                    raise DataError(f"{where}: {str(path)!r} has transparent pixels ({(alpha < 255).mean():.0%}); "
-                                    f"flatten it onto its background first (transparency would be dropped)")
-            img = img.convert("RGB")
-            if img.size != (size, size):
-                img = img.resize((size, size), Image.Resampling.BICUBIC)
-            return np.asarray(img)
-    except DataError:
-        raise
-    except (OSError, ValueError) as err:
-        raise DataError(f"{where}: cannot read image {str(path)!r}: {err}") from err
+        img = Image.fromarray(images.read_rgb(path))
+    except images.ImageError as err:
+        raise DataError(f"{where}: {err}") from err
+    if img.size != (size, size):
+        img = img.resize((size, size), Image.Resampling.BICUBIC)
+    return np.asarray(img)
 
 
 def _split(uid: str, test_fraction: float) -> str:
