@@ -213,6 +213,27 @@ def test_bad_external_row_is_named_and_nothing_written(tmp_path, bad_row, match)
     assert not (out / "manifest.parquet").exists() and not (out / "shards.tmp").exists()
 
 
+@pytest.mark.parametrize("linked", ["folder", "image"])
+def test_external_data_behind_a_symlink_is_refused(tmp_path, monkeypatch, linked):
+    """DVC hashes a link under external/, not its target: the data behind it could change unseen."""
+    elsewhere = tmp_path / "elsewhere"
+    elsewhere.mkdir()
+    _external(elsewhere, GOOD)
+    (tmp_path / "external").mkdir()
+    if linked == "folder":  # external/x -> elsewhere, the CSV inside it
+        (tmp_path / "external" / "x").symlink_to(elsewhere)
+        csv = "external/x/edits.csv"
+    else:  # the CSV here, one image a link to a file elsewhere
+        _external(tmp_path / "external", GOOD)
+        (tmp_path / "external" / "a.png").unlink()
+        (tmp_path / "external" / "a.png").symlink_to(elsewhere / "a.png")
+        csv = "external/edits.csv"
+    monkeypatch.chdir(tmp_path)
+    where = "external/x" if linked == "folder" else "external/a.png"
+    with pytest.raises(shards.DataError, match=rf"{where} is a symbolic link; DVC does not see the data behind it"):
+        _curate(tmp_path, external_csv=csv)
+
+
 @pytest.mark.parametrize("content,match", [
     (b"", r"edits.csv: empty file"),
     (b"uid,task,prompt,source_image,target_image\n", r"edits.csv: a header but no rows"),

@@ -74,11 +74,24 @@ def _read_csv(path: Path) -> pd.DataFrame:
 def _inside(folder: Path, name: str, where: str) -> Path:
     """`folder / name`, refused unless `name` is a relative path that stays inside `folder`: an image
     outside the CSV's folder would not be a DVC dependency of curate, so changing it would rerun nothing."""
+    if not Path(name).is_absolute():
+        _no_link(folder, Path(name).parts, where)
     path = (folder / name).resolve()
     if Path(name).is_absolute() or not path.is_relative_to(folder.resolve()):
         raise DataError(f"{where}: {name!r} is outside the CSV's folder {folder}; image paths must be "
                         f"relative to it and inside it")
     return path
+
+
+def _no_link(start: Path, parts: tuple[str, ...], where: str) -> None:
+    """Refuse a symbolic link on the way from `start` down `parts`: DVC hashes the link, not what it
+    points to, so data behind it could change while `dvc status` says up to date."""
+    path = start
+    for part in parts:
+        path = path / part
+        if path.is_symlink():
+            raise DataError(f"{where}: {path} is a symbolic link; DVC does not see the data behind it change, "
+                            f"so put the data itself under external/")
 
 
 def _load_image(path: Path, size: int, where: str) -> np.ndarray:
@@ -99,6 +112,8 @@ def _split(uid: str, test_fraction: float) -> str:
 def external_items(csv: str | Path, size: int, test_fraction: float) -> dict[str, list]:
     """Validate an external edit CSV and load all its images; {split: [(record, image, source)]}."""
     csv = Path(csv)
+    if not csv.is_absolute():  # data.external_csv: external/... relative to the repository
+        _no_link(Path(), csv.parts, str(csv))
     df = _read_csv(csv)
     items: dict[str, list] = {split: [] for split in SPLITS}
     for row in df.itertuples():
