@@ -357,6 +357,9 @@ def load(path: str | Path = "params.yaml") -> Config:
 
 def parse(raw: Any, source: str) -> Config:
     """Validate the parsed YAML ``raw``; errors name ``source`` and the dotted key."""
+    if not isinstance(raw, dict):
+        raise ConfigError(f"{source}: {'empty' if raw is None else 'not a mapping of sections'}; expected the "
+                          f"sections {', '.join(Config.model_fields)}")
     try:
         cfg = Config.model_validate(raw)
     except ValidationError as err:

@@ -61,6 +61,14 @@ def test_missing_key_is_named(tmp_path):
         config.load(_write(tmp_path, raw))
 
 
+@pytest.mark.parametrize("text,match", [("", r"params.yaml: empty; expected the sections world, data"),
+                                        ("- a\n- b\n", r"params.yaml: not a mapping of sections")])
+def test_an_empty_or_shapeless_params_file_says_so(tmp_path, text, match):
+    (tmp_path / "params.yaml").write_text(text)
+    with pytest.raises(config.ConfigError, match=match):
+        config.load(tmp_path / "params.yaml")
+
+
 def test_missing_section_is_named(tmp_path):
     raw = _raw()
     del raw["compute"]

@@ -197,6 +197,7 @@ def test_external_csv_is_ingested(tmp_path):
     ("u1,local_edit,   ,a.png,b.png", r"row 2, column 'prompt': empty or whitespace only"),
     ("u1,local_edit,NaN,a.png,b.png", r"row 2, column 'prompt': a missing-value marker.*'NaN'"),
     ("u0,local_edit,make it red,a.png,b.png", r"column 'uid'.*'u0'"),
+    ("u1 ,local_edit,make it red,a.png,b.png", r"row 2, column 'uid': leading or trailing whitespace"),
     ("u1,local_edit,make it red,missing.png,b.png", r"edits.csv: row 2, column 'source_image': .*missing.png: cannot read it"),
     ("u1,local_edit,make it red,../a.png,b.png", r"edits.csv: row 2, column 'source_image': '../a.png' is outside"),
     ("u1,local_edit,make it red,/etc/hostname,b.png", r"row 2, column 'source_image': '/etc/hostname' is outside"),

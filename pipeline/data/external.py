@@ -29,10 +29,12 @@ MISSING_WORDS = {"nan", "none", "null", "n/a", "na"}  # what a spreadsheet or pa
 _TEXT = pa.Check(lambda s: s.str.strip().str.len() > 0, element_wise=False, error="empty or whitespace only")
 _NOT_MISSING = pa.Check(lambda s: ~s.str.strip().str.lower().isin(MISSING_WORDS), element_wise=False,
                         error=f"a missing-value marker ({', '.join(sorted(MISSING_WORDS))})")
+_TRIMMED = pa.Check(lambda s: s == s.str.strip(), element_wise=False,
+                    error="leading or trailing whitespace ('u1' and 'u1 ' would be two uids)")
 
 SCHEMA = pa.DataFrameSchema(
     {
-        "uid": pa.Column(str, [_TEXT, _NOT_MISSING], unique=True),
+        "uid": pa.Column(str, [_TEXT, _NOT_MISSING, _TRIMMED], unique=True),
         "task": pa.Column(str, pa.Check.isin(["local_edit", "global_edit"])),
         "prompt": pa.Column(str, [_TEXT, _NOT_MISSING]),
         "source_image": pa.Column(str, [_TEXT, _NOT_MISSING]),
