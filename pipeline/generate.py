@@ -24,7 +24,7 @@ from PIL import Image
 from pipeline.core import backbone, checkpoint
 from pipeline.core.fields import Cond
 from pipeline.core.router import Router
-from pipeline.data import images, sd3_text, shards, world
+from pipeline.data import images, outputs, sd3_text, shards, world
 from pipeline.eval.sample import generate
 
 DEFAULT_MODEL = Path("data/models/students/t2i_edit/danceopd-s0")  # DanceOPD of Table 2A (T2I + edit)
@@ -76,7 +76,11 @@ def run(args: argparse.Namespace) -> dict:
     space = checkpoint.space([args.model])  # pixels, or a VAE's latents
     shape = (space.channels, resolution // space.downsample, resolution // space.downsample)
     source = space.encode(read_image(args.image, resolution)) if task != "t2i" else torch.zeros(1, *shape)
-    model = backbone.load(args.model).eval()
+    try:
+        model = backbone.load(args.model).eval()
+    except (OSError, ValueError, KeyError, RuntimeError) as err:  # a damaged folder: diffusers' own words
+        raise UsageError(f"--model {args.model}: cannot load its weights ({type(err).__name__}: "
+                         f"{str(err).splitlines()[0][:200]}); retrain it (`dvc repro`) or `dvc checkout` it") from err
     cond = Cond(text=token_states, pooled=pooled, source=source)
     out = generate(model, cond, steps=args.steps, shift=sampling["shift"], seed=args.seed, guidance=args.guidance,
                    null=null, image_shape=shape)
@@ -101,12 +105,29 @@ def parser() -> argparse.ArgumentParser:
     return p
 
 
+MAX_STEPS = 1000  # far more than any sampler here needs; a typo's 10**8 would run for hours
+
+
+def check(args: argparse.Namespace) -> None:
+    """The arguments that can be checked before anything loads or samples; a `UsageError` naming one."""
+    if not 1 <= args.steps <= MAX_STEPS:
+        raise UsageError(f"--steps must be between 1 and {MAX_STEPS} (got {args.steps})")
+    if not (math.isfinite(args.guidance) and args.guidance > 0):
+        raise UsageError(f"--guidance a finite number > 0 (got {args.guidance})")
+    if not 0 <= args.seed < 2 ** 63:
+        raise UsageError(f"--seed must be between 0 and 2**63 - 1 (got {args.seed})")
+    if args.out.suffix.lower() not in Image.registered_extensions():
+        raise UsageError(f"--out {args.out}: name an image file (.png, .jpg, ...), so its format is known")
+    try:
+        outputs.ensure_writable(args.out)
+    except PermissionError as err:
+        raise UsageError(f"--out {err}") from err
+
+
 def main(argv: list[str] | None = None) -> int:
     args = parser().parse_args(argv)
-    if args.steps < 1 or not (math.isfinite(args.guidance) and args.guidance > 0):
-        print(f"error: --steps must be >= 1 and --guidance a finite number > 0 (got {args.guidance})", file=sys.stderr)
-        return 2
     try:
+        check(args)
         print(json.dumps(run(args)))
     except (UsageError, FileNotFoundError) as err:
         print(f"error: {err}", file=sys.stderr)

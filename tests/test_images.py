@@ -41,3 +41,29 @@ def test_generate_refuses_a_guidance_that_is_not_a_finite_positive_number(value,
     code = generate.main(["--prompt", "a red circle", "--guidance", value, "--out", str(tmp_path / "x.png")])
     assert code == 2 and "--guidance a finite number > 0" in capsys.readouterr().err
     assert not (tmp_path / "x.png").exists()
+
+
+@pytest.mark.parametrize("args,message", [
+    (["--steps", "100000000"], "--steps must be between 1 and 1000"),
+    (["--seed", str(2 ** 70)], "--seed must be between 0 and 2**63 - 1"),
+    (["--out", "OUT/picture"], "name an image file"),
+    (["--out", "/proc/danceopd/x.png"], "--out /proc/danceopd/x.png: cannot write"),
+])
+def test_generate_checks_its_arguments_before_loading_anything(args, message, tmp_path, capsys, monkeypatch):
+    monkeypatch.setattr(generate, "run", lambda a: pytest.fail("sampled before checking its arguments"))
+    args = [str(tmp_path / a[4:]) if a.startswith("OUT/") else a for a in args]
+    assert generate.main(["--prompt", "a red circle", *args]) == 2
+    assert message in capsys.readouterr().err
+
+
+def test_generate_names_a_damaged_model_folder(tmp_path, capsys):
+    from pipeline.core import backbone, checkpoint
+
+    folder = tmp_path / "model"
+    sampling = checkpoint.sampling_card(3.0, 32, {"encoder": "minilm", "max_tokens": 24, "dim": 384})
+    checkpoint.save_model(backbone.build("tiny", 4, 32, 384), folder, {"name": "m", "history": []}, sampling)
+    (folder / "diffusion_pytorch_model.safetensors").write_bytes(b"not weights")
+    code = generate.main(["--model", str(folder), "--task", "t2i", "--prompt", "a red circle", "--steps", "1",
+                          "--out", str(tmp_path / "x.png")])
+    err = capsys.readouterr().err
+    assert code == 2 and f"--model {folder}: cannot load its weights" in err and "Traceback" not in err
