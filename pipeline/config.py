@@ -382,6 +382,12 @@ def _check(cfg: Config) -> list[str]:
     if cfg.data.external_csv and (csv.is_absolute() or csv.parts[0] != "external" or ".." in csv.parts):
         problems.append(f"data.external_csv: {cfg.data.external_csv!r} must be a path under external/ "
                         f"(the folder curate depends on, so that changing the data reruns it)")
+    if not cfg.model.pretrained and cfg.world.resolution % cfg.model.patch_size:
+        problems.append(f"model.patch_size: {cfg.model.patch_size} does not divide world.resolution "
+                        f"{cfg.world.resolution} (the image is cut into patch_size x patch_size patches)")
+    if cfg.text.encoder not in ("minilm", "pretrained") and not (Path(cfg.text.encoder) / "config.json").is_file():
+        problems.append(f"text.encoder: {cfg.text.encoder!r} is neither 'minilm', 'pretrained' nor a local "
+                        f"transformers folder (no config.json there)")
     if cfg.eval.count > cfg.data.test_per_bucket:
         problems.append(f"eval.count: {cfg.eval.count} test samples a bucket, but data.test_per_bucket curates "
                         f"{cfg.data.test_per_bucket}")

@@ -128,6 +128,15 @@ def test_nan_and_infinite_numbers_are_named(tmp_path, key, value):
         config.load(_write(tmp_path, _set(_raw(), key, value)))
 
 
+@pytest.mark.parametrize("key,value,match", [
+    ("model.patch_size", 3, r"model.patch_size: 3 does not divide world.resolution 32"),
+    ("text.encoder", "minlm", r"text.encoder: 'minlm' is neither 'minilm', 'pretrained' nor a local"),
+])
+def test_values_that_would_fail_in_their_stage_fail_at_load(tmp_path, key, value, match):
+    with pytest.raises(config.ConfigError, match=match):
+        config.load(_write(tmp_path, _set(_raw(), key, value)))
+
+
 def test_eval_count_is_bounded_by_the_curated_test_samples(tmp_path):
     raw = _set(_raw(), "eval.count", 5000)
     with pytest.raises(config.ConfigError, match=r"eval.count: 5000 test samples a bucket, but data.test_per_bucket "
