@@ -52,13 +52,13 @@ def sample_bucket(field, data: Curated, bucket: str, eval_params, shift: float, 
     test = data.tensors([bucket], "test", limit=eval_params.count, route_of_bucket=route_of_bucket)
     shape = tuple(test.image.shape[1:])
     noise = noise_like(len(test), shape, eval_params.seed)  # the whole bucket's: any batch_size, the same images
-    tic, out = time.perf_counter(), []
+    tic, out, null = time.perf_counter(), [], data.null()
     image_guidance = eval_params.image_guidance if test.has_source.any() else 1.0  # edits only
     for rows in torch.arange(len(test)).split(eval_params.batch_size or len(test)):  # eval.batch_size at once
         _, cond = test.batch(rows)
         with compute.autocast(device):  # bf16 on a GPU; the CPU's float32 as it was
             part = generate(field, cond, steps=eval_params.steps, shift=shift, seed=eval_params.seed,
-                            guidance=guidance, null=data.null(), image_shape=shape, device=device,
+                            guidance=guidance, null=null, image_shape=shape, device=device,
                             image_guidance=image_guidance, noise=noise[rows])
         out.append(data.space.decode(part.float()))  # (n, 3, H, W) in [-1, 1]: latents through the VAE
     return test, shards.to_uint8(torch.cat(out)), time.perf_counter() - tic
@@ -147,7 +147,8 @@ def load_field(name: str, eval_params, fields, setting=None, *, model: Path | No
     if name not in TEACHERS:
         if model is None:
             raise ValueError(f"evaluate {name}: needs --model <checkpoint folder>")
-        return backbone.load(model, frozen_on=device).to(device).eval(), eval_params.guidance, None, checkpoint.space([model], device)
+        frozen = backbone.load(model, frozen_on=device).to(device).eval()
+        return frozen, eval_params.guidance, None, checkpoint.space([model], device)
     if base is None or experts is None or setting is None:
         raise ValueError(f"evaluate {name}: needs --setting, --base and --experts, the source checkpoints")
     routes = teacher.routes(setting)  # each sample takes its true route (no router)
