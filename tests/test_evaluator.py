@@ -146,6 +146,41 @@ def test_save_load_round_trip_is_exact_and_atomic(untrained, tmp_path):
         E.Evaluator.load(tmp_path)
 
 
+@pytest.mark.parametrize("resolution, side", [(16, 16), (32, 32), (48, 48), (64, 32), (100, 50), (384, 32),
+                                              (512, 32), (1024, 32)])
+def test_the_grid_side_is_the_world_s_and_each_box_lies_in_one_cell(resolution, side):
+    assert E.grid_side(resolution) == side
+    assert (resolution // 2) % (resolution // side) == 0  # a box never straddles two cells
+
+
+def test_a_large_image_is_measured_as_its_box_average_at_the_grid(untrained):
+    """A 128-px image reaches both models as the 4 x 4 box mean of its pixels (the 32-px grid the
+    evaluator was built for): every measurement equals that of the averaged image."""
+    big = torch.rand(3, 3, 128, 128) * 2 - 1
+    small = big.unfold(2, 4, 4).unfold(3, 4, 4).mean((-1, -2))  # (3, 3, 32, 32), by hand
+    assert torch.allclose(E.to_grid(big, 32), small, atol=1e-6)
+    assert untrained.parse(big) == untrained.parse(small)
+    assert torch.allclose(untrained.features(big), untrained.features(small), atol=1e-5)
+    assert torch.allclose(untrained.clip_score(big, ["a"] * 3), untrained.clip_score(small, ["a"] * 3), atol=1e-4)
+    with pytest.raises(ValueError, match="box-average"):
+        untrained.parse(torch.zeros(1, 3, 48, 48))  # 48 is no multiple of 32
+
+
+def test_an_evaluator_for_a_64_px_world_is_built_and_trained_at_its_32_px_grid(tmp_path):
+    """world.resolution 64: the renders are box-averaged to 32 px before the parser and the CLIP see
+    them, so both are the 32-px models (their cost does not grow with the resolution), and the saved
+    evaluator measures 64-px images."""
+    cfg = tiny_cfg(eval=_tiny_eval_raw(gate=0.0))
+    render = T.TileRenderer(64)
+    scenes = [T.random_scene(random.Random(5)) for _ in range(6)]
+    assert torch.allclose(render.grid(scenes), E.to_grid(to_tensor(render(scenes)), 32))
+    T.train_evaluator(cfg.eval.evaluator, 64, cfg.compute, tmp_path / "evaluator")
+    ev = E.Evaluator.load(tmp_path / "evaluator")
+    assert ev.parser.config.size == 32 and ev.clip.config.vision_config.image_size == 32
+    x = to_tensor(render(scenes))  # (6, 3, 64, 64)
+    assert ev.parse(x) == ev.parse(E.to_grid(x, 32)) and ev.reference.shape[1] == ev.parser.config.hidden
+
+
 # ----------------------------------------------------------------------------- the accuracy gate
 
 def test_train_evaluator_refuses_a_poor_parser_and_writes_nothing(tmp_path):

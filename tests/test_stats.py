@@ -139,6 +139,10 @@ def test_kid_matches_its_definition_on_a_tiny_case():
     yy = sum(k(a, b) for i, a in enumerate(y[:, 0]) for j, b in enumerate(y[:, 0]) if i != j) / 2
     xy = sum(k(a, b) for a in x[:, 0] for b in y[:, 0]) / 6
     assert stats.kid(x, y) == pytest.approx(xx + yy - 2 * xy)
+    # The evaluation's one-pass form (the reference's kernel once) gives exactly both numbers.
+    rng = np.random.default_rng(3)
+    g, real = rng.normal(size=(40, 8)), rng.normal(size=(300, 8)) + 0.2
+    assert stats.kid_with_interval(g, real, seed=5) == (stats.kid(g, real), stats.kid_interval(g, real, seed=5))
 
 
 def test_fid_floor_is_what_two_real_halves_score():

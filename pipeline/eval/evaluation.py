@@ -134,8 +134,8 @@ def _distribution_metrics(ev, images) -> dict:
     of the T2I outputs against the evaluator's cached real reference, and FID's real-vs-real floor
     at the same sample size."""
     generated, reference = ev.features(images).cpu().numpy(), ev.reference
-    floor = stats.fid_floor(reference, len(generated))
-    return {"kid": stats.kid(generated, reference), "kid_ci": list(stats.kid_interval(generated, reference)),
+    floor, (kid, kid_ci) = stats.fid_floor(reference, len(generated)), stats.kid_with_interval(generated, reference)
+    return {"kid": kid, "kid_ci": list(kid_ci),
             "fid": metrics.fid(generated, reference),
             "fid_floor": floor[0], "fid_floor_range": [floor[1], floor[2]], "reference_size": len(reference)}
 

@@ -4,6 +4,11 @@ Conventions (this module owns them):
 
 - Inputs are (B, 3, S, S) float images in [-1, 1] (`shards.to_tensor`), S = params `world.resolution`. Neither
   model normalises further: both are trained from scratch on exactly that range.
+- Both models measure at the world's grid, side ``G = grid_side(S)``: S itself up to `GRID` (32 px,
+  the small world's canvas), else S / k for the largest k <= S / 32 dividing both cells' side, reached
+  by k x k box averaging (`to_grid`), for the renders they are trained on and for every image they
+  measure alike. So a 512-px model's samples cost the evaluator what 32-px ones do (a ViT with
+  patch 4 on 512 px would attend over 16,384 tokens), and the default (S = 32) is untouched.
 - Parser labels: per cell (row-major, as `world`) one of `CONTENTS` (index 0 = empty, then every
   (shape, colour)); the background is an index into `world.BACKGROUNDS` and the style into
   `world.STYLES`. The background is the scene's, not the rendered colour (an inverted white scene
@@ -42,6 +47,23 @@ _CONTENT_INDEX = {c: i for i, c in enumerate(CONTENTS)}
 BACKGROUNDS, STYLES = list(world.BACKGROUNDS), list(world.STYLES)
 REFERENCE = "reference.npy"  # the real reference features, in the evaluator's folder
 CLIP_MAX_TOKENS = 64  # the longest caption (4 objects, describe) is ~45 WordPiece tokens
+GRID = 32  # px: the side the evaluator measures at (the small world's canvas); larger images are box-averaged
+
+
+def grid_side(resolution: int) -> int:
+    """The side the evaluator measures images of `resolution` px at: resolution / k for the largest
+    k <= resolution / GRID that divides a cell's side (resolution / 2), so every k x k box lies in one cell."""
+    k = max(d for d in range(1, max(1, resolution // GRID) + 1) if (resolution // 2) % d == 0)
+    return resolution // k
+
+
+def to_grid(x: Tensor, side: int) -> Tensor:
+    """(B, 3, S, S) float -> (B, 3, side, side) by k x k box averaging (k = S / side); as it is when S = side."""
+    if x.shape[-1] == side:
+        return x
+    if x.shape[-1] % side or x.shape[-2] != x.shape[-1]:
+        raise ValueError(f"evaluator: images of {tuple(x.shape[-2:])} px do not box-average to its {side}-px grid")
+    return F.avg_pool2d(x, x.shape[-1] // side)
 
 
 # ----------------------------------------------------------------------------- labels
@@ -137,9 +159,9 @@ class Evaluator:
     def _images(self, images) -> Tensor:
         x = to_tensor(images) if isinstance(images, np.ndarray) else images
         size = self.parser.config.size
-        if x.ndim != 4 or tuple(x.shape[1:]) != (3, size, size):
-            raise ValueError(f"evaluator: expected images (B, 3, {size}, {size}), got {tuple(x.shape)}")
-        return x.float()
+        if x.ndim != 4 or x.shape[1] != 3 or x.shape[-1] < size or x.shape[-2] != x.shape[-1]:
+            raise ValueError(f"evaluator: expected images (B, 3, S, S), S = {size} or a multiple, got {tuple(x.shape)}")
+        return to_grid(x.float(), size)
 
     @torch.no_grad()
     def _chunked(self, fn, images, *lists) -> Tensor:

@@ -123,28 +123,41 @@ def _kernel(a: np.ndarray, b: np.ndarray) -> np.ndarray:
     return (a @ b.T / a.shape[1] + 1.0) ** 3
 
 
-def kid(generated, real) -> float:
-    """Unbiased MMD² (cubic polynomial kernel) between two (N, F) feature sets."""
+def _kid_kernels(generated, real) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """(k(x, x), k(y, y), k(x, y)) of two (N, F) feature sets, float64."""
     x, y = (np.asarray(f, dtype=np.float64) for f in (generated, real))
     if x.ndim != 2 or y.ndim != 2 or x.shape[1] != y.shape[1] or min(len(x), len(y)) < 2:
         raise ValueError(f"kid: need two (N>=2, F) feature sets of one width, got {x.shape}, {y.shape}")
-    kxx, kyy, kxy = _kernel(x, x), _kernel(y, y), _kernel(x, y)
-    n, m = len(x), len(y)
-    return float((kxx.sum() - np.trace(kxx)) / (n * (n - 1)) + (kyy.sum() - np.trace(kyy)) / (m * (m - 1))
-                 - 2 * kxy.mean())
+    return _kernel(x, x), _kernel(y, y), _kernel(x, y)
+
+
+def _within(k: np.ndarray) -> float:
+    """The mean of a kernel matrix off its diagonal: an unbiased mean over pairs of different samples."""
+    return (k.sum() - np.trace(k)) / (len(k) * (len(k) - 1))
+
+
+def kid(generated, real) -> float:
+    """Unbiased MMD² (cubic polynomial kernel) between two (N, F) feature sets."""
+    kxx, kyy, kxy = _kid_kernels(generated, real)
+    return float(_within(kxx) + _within(kyy) - 2 * kxy.mean())
 
 
 def kid_interval(generated, real, seed: int = 0) -> tuple[float, float]:
     """Bootstrap interval of `kid` over resamples of the generated set (the real set is the fixed reference)."""
-    x, y = (np.asarray(f, dtype=np.float64) for f in (generated, real))
-    kxx, kxy_rows = _kernel(x, x), _kernel(x, y).mean(1)  # (N, N), (N,)
-    kyy = _kernel(y, y)
-    real_term = (kyy.sum() - np.trace(kyy)) / (len(y) * (len(y) - 1))
-    rng, n, diag = np.random.default_rng(seed), len(x), np.diag(kxx)
+    return kid_with_interval(generated, real, seed)[1]
+
+
+def kid_with_interval(generated, real, seed: int = 0) -> tuple[float, tuple[float, float]]:
+    """`kid` and `kid_interval` from one computation of the three kernels (the reference's, (M, M),
+    is the costly one): every resample reuses them."""
+    kxx, kyy, kxy = _kid_kernels(generated, real)
+    real_term, kxy_rows = _within(kyy), kxy.mean(1)  # the fixed reference's term, once; (N,)
+    point = float(_within(kxx) + real_term - 2 * kxy.mean())
+    rng, n, diag = np.random.default_rng(seed), len(kxx), np.diag(kxx)
     counts = np.stack([np.bincount(r, minlength=n) for r in rng.integers(0, n, (RESAMPLES, n))]).astype(np.float64)
     pairs = n * n - (counts ** 2).sum(1)  # (B,) ordered pairs of different samples, per resample
     within = (np.einsum("bi,ij,bj->b", counts, kxx, counts) - (counts ** 2) @ diag) / pairs
-    return _percentiles(within + real_term - 2 * (counts @ kxy_rows) / n)
+    return point, _percentiles(within + real_term - 2 * (counts @ kxy_rows) / n)
 
 
 def fid_floor(real, size: int, seed: int = 0, repeats: int = 10) -> tuple[float, float, float]:

@@ -2,6 +2,8 @@
 
 - Scenes come from `random.Random` seeded by strings ("parser/<seed>/<step>", "holdout/<seed>",
   ...) and T2I samples from seeds >= 10**12, so none coincides with a `world.make_bucket` seed.
+- Renders are drawn at ``world.resolution`` and box-averaged to the evaluator's grid
+  (`pipeline.eval.evaluator.grid_side`) before anything sees them, as every measured image is.
 - Geometry is never augmented (cell positions are the labels); pixels get noise, blur and
   brightness jitter so that slightly imperfect generated images still parse.
 - The parser must read held-out clean renders with ``eval.evaluator.min_scene_accuracy`` scene
@@ -29,7 +31,7 @@ from pipeline.data import outputs, world
 from pipeline.data.shards import to_tensor
 from pipeline.data.text import encoder_dir
 from pipeline.eval.evaluator import (BACKGROUNDS, CLIP_MAX_TOKENS, CONTENTS, STYLES, Evaluator, ParserConfig,
-                                     SceneParser, build_clip, predict, scene_labels)
+                                     SceneParser, build_clip, grid_side, predict, scene_labels, to_grid)
 
 # Objects per training scene: the world has 1 to 3; 0 and 4 are rare so broken outputs still parse.
 N_OBJECTS, N_WEIGHTS = (0, 1, 2, 3, 4), (0.03, 0.31, 0.31, 0.31, 0.04)
@@ -78,6 +80,10 @@ class TileRenderer:
         cells = [self.tiles[c, lab[:, c], lab[:, 4], lab[:, 5]] for c in range(4)]  # (N, h, h, 3)
         top, bottom = np.concatenate(cells[:2], axis=2), np.concatenate(cells[2:], axis=2)
         return np.concatenate([top, bottom], axis=1)
+
+    def grid(self, scenes: list[world.Scene]) -> Tensor:
+        """(N, 3, G, G) float in [-1, 1]: the renders as the evaluator sees them (its grid, `grid_side`)."""
+        return to_grid(to_tensor(self(scenes)), grid_side(self.size))
 
 
 def augment(x: Tensor, gen: torch.Generator, p: float = 0.75) -> Tensor:
@@ -145,27 +151,27 @@ def _fit(model: nn.Module, loss_at, steps: int, lr: float, name: str) -> None:
     model.eval()
 
 
-def train_parser(params, size: int, render: TileRenderer, device: torch.device) -> SceneParser:
+def train_parser(params, render: TileRenderer, device: torch.device) -> SceneParser:
     """Train the scene parser on fresh augmented renders (`params`: the `eval.evaluator` section)."""
     torch.manual_seed(params.seed)
-    parser = SceneParser(ParserConfig(size=size)).to(device)
+    parser = SceneParser(ParserConfig(size=grid_side(render.size))).to(device)
     gen = torch.Generator().manual_seed(params.seed)
 
     def loss_at(step: int) -> Tensor:
         rng = random.Random(f"parser/{params.seed}/{step}")
         scenes = [random_scene(rng) for _ in range(params.batch_size)]
-        x = augment(to_tensor(render(scenes)), gen)
+        x = augment(render.grid(scenes), gen)
         return parser_loss(parser, x.to(device), scene_labels(scenes).to(device))
 
     _fit(parser, loss_at, params.parser_steps, params.lr, "parser")
     return parser
 
 
-def train_clip(params, size: int, render: TileRenderer, device: torch.device):
+def train_clip(params, render: TileRenderer, device: torch.device):
     """Train the domain CLIP contrastively on fresh (render, caption) pairs; return (clip, tok)."""
     torch.manual_seed(params.seed)
     tok = tokenizer()
-    clip = build_clip(size, tok).to(device)
+    clip = build_clip(grid_side(render.size), tok).to(device)
     gen = torch.Generator().manual_seed(params.seed + 1)
 
     def loss_at(step: int) -> Tensor:
@@ -173,7 +179,7 @@ def train_clip(params, size: int, render: TileRenderer, device: torch.device):
         scenes, texts = zip(*(caption_pair(rng) for _ in range(params.batch_size)))
         tokens = tok(list(texts), padding=True, truncation=True, max_length=CLIP_MAX_TOKENS,
                      return_tensors="pt").to(device)
-        x = augment(to_tensor(render(list(scenes))), gen)
+        x = augment(render.grid(list(scenes)), gen)
         return clip(pixel_values=x.to(device), return_loss=True, **tokens).loss
 
     _fit(clip, loss_at, params.clip_steps, params.lr, "clip")
@@ -185,7 +191,7 @@ def parse_accuracy(parser: SceneParser, params, render: TileRenderer) -> dict:
     """Accuracies on `params.holdout` clean renders of held-out scenes with the world's 1..3 objects."""
     rng = random.Random(f"holdout/{params.seed}")
     scenes = [random_scene(rng, rng.randint(1, 3)) for _ in range(params.holdout)]
-    x, device = to_tensor(render(scenes)), next(parser.parameters()).device
+    x, device = render.grid(scenes), next(parser.parameters()).device
     pred = [predict(parser.eval(), x[i:i + 500].to(device)).cpu() for i in range(0, len(x), 500)]
     ok = torch.cat(pred) == scene_labels(scenes)  # (N, 6)
     return {"scene_accuracy": ok.all(1).float().mean().item(),
@@ -198,7 +204,7 @@ def clip_sanity(ev: Evaluator, params, render: TileRenderer) -> dict:
     """Mean CLIP score of held-out (render, caption) pairs, matching and shuffled."""
     rng = random.Random(f"clip-holdout/{params.seed}")
     pairs = [caption_pair(rng) for _ in range(min(params.holdout, 1000))]
-    x, texts = to_tensor(render([s for s, _ in pairs])), [c for _, c in pairs]  # shuffled = rolled
+    x, texts = render.grid([s for s, _ in pairs]), [c for _, c in pairs]  # shuffled = rolled
     return {"clip_match": ev.clip_score(x, texts).mean().item(),
             "clip_shuffled": ev.clip_score(x, texts[1:] + texts[:1]).mean().item()}
 
@@ -208,24 +214,24 @@ def reference_features(parser: SceneParser, params, render: TileRenderer) -> np.
     """(N, F) float32 parser features of `params.reference` real renders of T2I scenes of the world's
     `reference` split: the test set's distribution, disjoint from every evaluated target."""
     scenes = [s.target for s in world.make_bucket("t2i", "reference", params.reference)]
-    x, device = to_tensor(render(scenes)), next(parser.parameters()).device
+    x, device = render.grid(scenes), next(parser.parameters()).device
     feats = [parser.eval().features(x[i:i + 500].to(device)).cpu() for i in range(0, len(x), 500)]
     return torch.cat(feats).numpy().astype(np.float32)
 
 
-def train_evaluator(params, size: int, compute_params, out: Path) -> tuple[dict, float]:
+def train_evaluator(params, resolution: int, compute_params, out: Path) -> tuple[dict, float]:
     """Train, check and save the evaluator (`params` = ``eval.evaluator``) to `out`: (metrics, seconds)."""
     outputs.ensure_writable(out)
     device = compute.setup(compute_params)
     tic = time.perf_counter()
-    render = TileRenderer(size)
-    parser = train_parser(params, size, render, device)
+    render = TileRenderer(resolution)  # world.resolution; measured at its grid
+    parser = train_parser(params, render, device)
     metrics = parse_accuracy(parser, params, render)
     if metrics["scene_accuracy"] < params.min_scene_accuracy:  # checked before the CLIP's longer training
         raise RuntimeError(f"evaluator: held-out scene accuracy {metrics['scene_accuracy']:.4f} < "
                            f"{params.min_scene_accuracy}, so the metrics would mean nothing (raise "
                            f"eval.evaluator.parser_steps); nothing was written. {metrics}")
-    ev = Evaluator(parser, *train_clip(params, size, render, device), reference_features(parser, params, render))
+    ev = Evaluator(parser, *train_clip(params, render, device), reference_features(parser, params, render))
     seconds = time.perf_counter() - tic
     ev.save(out)
     return metrics | clip_sanity(ev, params, render), seconds
