@@ -103,6 +103,51 @@ def test_latents_are_encoded_once_at_load_and_batches_are_latents(data, sd3):
     assert torch.equal(pixels.batch(idx)[0], pixels.image.float() / 127.5 - 1.0)  # pixels: as before
 
 
+def test_embed_stores_every_image_s_latents_once_and_stages_read_them(data, sd3, tmp_path, monkeypatch):
+    """`embed` for a latent-space model encodes every curated image once, into the embeddings store;
+    loading then reads them there (the VAE never runs again: its encode is broken here) and they are
+    the latents encoding at load gives, to float16's precision; a store of another VAE, or none, is
+    encoded at load as before."""
+    import sys
+
+    import yaml
+
+    from stages import embed as stage
+    from tests.conftest import tiny_raw
+
+    space, pixels = latents.space(sd3), data.tensors(["t2i", "local_edit"], "train")
+    at_load = data.seen_in(space).tensors(["t2i", "local_edit"], "train")
+    raw = tiny_raw(text={"encoder": "pretrained", "max_tokens": MAX_TOKENS},
+                   model={"pretrained": str(sd3), "prediction": "velocity"})
+    (tmp_path / "params.yaml").write_text(yaml.safe_dump(raw))
+    (tmp_path / "mlruns").mkdir()
+    monkeypatch.setenv("MLFLOW_TRACKING_URI", f"sqlite:///{tmp_path}/mlruns/mlflow.db")
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.setattr(sys, "argv", ["embed", "--manifest", str(data.shards.parent / "manifest.parquet"),
+                                      "--shards", str(data.shards), "--out", "embeddings"])
+    stage.main()
+    store = embeddings.Embeddings.load(tmp_path / "embeddings")
+    assert store.latents.card == space.card() and store.latents.image.dtype == np.float16
+    assert len(store.latents.row) == store.latents.image.shape[0] > len(pixels)  # every bucket and split
+
+    def broken(*_):
+        raise AssertionError("the VAE ran at load")
+
+    monkeypatch.setattr(latents.Latents, "encode", broken)
+    stored = Curated(data.shards, store, space).tensors(["t2i", "local_edit"], "train")
+    assert stored.image.dtype == torch.float32 and stored.image.shape == at_load.image.shape
+    assert torch.allclose(stored.image, at_load.image, atol=2e-2, rtol=1e-3)  # float16 storage
+    assert torch.allclose(stored.source, at_load.source, atol=2e-2, rtol=1e-3)
+    assert not stored.source[~pixels.has_source].any()
+    assert torch.equal(stored.batch(torch.arange(4))[0], stored.image[:4])
+    other = space.card() | {"vae": "elsewhere"}
+    assert store.latents_of(other) is None and data.embeddings.latents is None  # no latents: encoded at load
+    with pytest.raises(AssertionError, match="the VAE ran"):
+        data.seen_in(space).tensors(["t2i"], "train")
+    with pytest.raises(KeyError, match="rerun `dvc repro embed`"):
+        store.latents.lookup(["no-such-record"])
+
+
 def test_models_of_different_spaces_are_not_combined(tmp_path, sd3):
     for name, card in (("pixels", None), ("latents", latents.space(sd3).card())):
         (tmp_path / name).mkdir()

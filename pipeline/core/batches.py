@@ -6,8 +6,9 @@ prompt, and a row's embeddings would otherwise cost 6x its image) and
 turns row indices into a batch ``(x, cond)``: x (B, 3, H, W) float in [-1, 1] (the pixel
 convention of `pipeline.data.shards`) and a `Cond`. A set loaded in a VAE's latent space (the
 `Curated.space` of a model from ``model.pretrained``, `pipeline.core.latents`) holds its targets and
-sources encoded once, at load, as float latents instead, and its batches are those latents
-(B, C, h, w). Each row carries its ``task`` (an index into
+sources as float latents instead, read from the embeddings store, where `embed` encoded every curated
+image once (`pipeline.core.latents.encode_records`), or encoded at load when the store holds none of that VAE; its
+batches are those latents (B, C, h, w). Each row carries its ``task`` (an index into
 `world.TASKS`) and, when the set was loaded for a routed teacher, its ``route`` (an index into
 that teacher's routes, `pipeline.core.teacher`), a separate column: the realism bucket's rows are
 T2I tasks on their own route.
@@ -29,7 +30,7 @@ import torch
 from torch import Tensor
 
 from pipeline.core.fields import Cond
-from pipeline.core.latents import PIXELS, Space
+from pipeline.core.latents import PIXELS, Space, encode_pixels, unit
 from pipeline.data import shards, world
 from pipeline.data.embeddings import Embeddings
 
@@ -74,30 +75,14 @@ class TensorSet:
 
     def batch(self, idx: Tensor) -> Batch:
         """Images (B, 3, H, W) in [-1, 1] (or latents (B, C, h, w)) and their condition, for the indices `idx`."""
-        x = _unit(self.image[idx])
+        x = unit(self.image[idx])
         keep = self.has_source[idx].view(-1, 1, 1, 1)  # (B, 1, 1, 1)
         # A T2I row's source is exactly 0.0, what the backbone feeds for `source=None`.
-        source = torch.where(keep, _unit(self.source[idx]), 0.0)  # (B, 3, H, W)
+        source = torch.where(keep, unit(self.source[idx]), 0.0)  # (B, 3, H, W)
         route = None if self.route is None else self.route[idx]
         rows = self.prompt[idx]
         return x, Cond(text=self.text_table[rows].float(), pooled=self.pooled_table[rows].float(), source=source,
                        route=route)
-
-
-def _unit(images: Tensor) -> Tensor:
-    """Stored images as the model's input: uint8 pixels scaled to [-1, 1]; latents (float) as they are."""
-    return images.float() / 127.5 - 1.0 if images.dtype == torch.uint8 else images
-
-
-def _encoded(pixels: Tensor, space: Space, rows: Tensor | None = None) -> Tensor:
-    """uint8 (N, 3, H, W) -> the space's float latents (N, C, H/d, W/d) of every row, or of `rows` (else 0)."""
-    if rows is None:
-        return space.encode(_unit(pixels))
-    n, _, h, w = pixels.shape
-    out = torch.zeros(n, space.channels, h // space.downsample, w // space.downsample)
-    if rows.any():
-        out[rows] = space.encode(_unit(pixels[rows]))
-    return out
 
 
 def load_tensors(root: str | Path, buckets: list[str], split: str, embeddings: Embeddings, limit: int | None = None,
@@ -127,8 +112,10 @@ def stack_records(records: list[shards.Record], embeddings: Embeddings,
     source = np.stack([r.source if r.source is not None else np.zeros_like(r.image) for r in records])
     source = torch.from_numpy(source).permute(0, 3, 1, 2).contiguous()
     has_source = torch.tensor([r.source is not None for r in records])
-    if space is not PIXELS:  # a VAE's latents, encoded once here (T2I rows' sources: zeros, masked out)
-        image, source = _encoded(image, space), _encoded(source, space, has_source)
+    if space is not PIXELS and (stored := embeddings.latents_of(space.card())) is not None:
+        image, source = stored.lookup([r.key for r in records])  # encoded once, by `embed`
+    elif space is not PIXELS:  # a VAE's latents, encoded here (T2I rows' sources: zeros, masked out)
+        image, source = encode_pixels(image, space), encode_pixels(source, space, has_source)
     return TensorSet(
         image=image,
         source=source,

@@ -15,8 +15,10 @@ folder's `sampling.json` names its space (`card`; `pipeline.core.checkpoint.spac
 """
 from __future__ import annotations
 
+from collections.abc import Sequence
 from pathlib import Path
 
+import numpy as np
 import torch
 from diffusers import AutoencoderKL
 from torch import Tensor
@@ -104,3 +106,33 @@ def space(folder: str | Path, device: str | torch.device = "cpu") -> Space:
     if folder and (Path(folder) / "vae" / "config.json").is_file():
         return Latents(folder, device)
     return PIXELS
+
+
+def unit(images: Tensor) -> Tensor:
+    """Stored images as the model's input: uint8 pixels scaled to [-1, 1]; latents (float) as they are."""
+    return images.float() / 127.5 - 1.0 if images.dtype == torch.uint8 else images
+
+
+def encode_pixels(pixels: Tensor, space: Space, rows: Tensor | None = None) -> Tensor:
+    """uint8 (N, 3, H, W) -> the space's float latents (N, C, H/d, W/d) of every row, or of `rows` (else 0)."""
+    if rows is None:
+        return space.encode(unit(pixels))
+    n, _, h, w = pixels.shape
+    out = torch.zeros(n, space.channels, h // space.downsample, w // space.downsample)
+    if rows.any():
+        out[rows] = space.encode(unit(pixels[rows]))
+    return out
+
+
+def encode_records(records: Sequence, space: Space, chunk: int = 256) -> tuple[dict, list[str], np.ndarray, np.ndarray]:
+    """Curated `records` (`pipeline.data.shards.Record`) encoded by `space`'s VAE, `chunk` at a time:
+    (its card, their keys, image and source latents float16 (N, C, h, w)), what `embed` stores
+    (`pipeline.data.embeddings.write`)."""
+    images, sources = [], []
+    for part in (records[i:i + chunk] for i in range(0, len(records), chunk)):
+        image = torch.from_numpy(np.stack([r.image for r in part])).permute(0, 3, 1, 2)
+        source = np.stack([r.source if r.source is not None else np.zeros_like(r.image) for r in part])
+        source, has_source = torch.from_numpy(source).permute(0, 3, 1, 2), torch.tensor([r.source is not None for r in part])
+        images.append(encode_pixels(image, space).half().numpy())
+        sources.append(encode_pixels(source, space, has_source).half().numpy())
+    return space.card(), [r.key for r in records], np.concatenate(images), np.concatenate(sources)
