@@ -247,14 +247,14 @@ def test_a_method_the_setting_does_not_run_is_named():
 
 def test_reads_are_traced_by_their_params_yaml_key(monkeypatch):
     cfg = repo_cfg()
-    monkeypatch.setattr(config, "_read", set())
+    monkeypatch.setattr(config.trace, "reads", set())
     cfg.train.base.lr, cfg.fields.absorb_guidance, cfg.experts["edit"].steps, cfg.routing.weights
     dopd = cfg.method("t2i_edit", "diffusionopd")
     dopd.queries, dopd.rollout_steps, dopd.routing_mode
-    assert config._read == {"train.base.lr", "fields.cfg", "experts.edit.steps", "routing.weights",
+    assert config.trace.reads == {"train.base.lr", "fields.cfg", "experts.edit.steps", "routing.weights",
                             "distill.methods.diffusionopd.queries", "distill.rollout_steps", "routing.mode"}
     list(cfg.experts)  # the set of expert names is the whole section
-    assert "experts" in config._read
+    assert "experts" in config.trace.reads
 
 
 def test_no_code_spells_the_guidance_knobs_cfg():

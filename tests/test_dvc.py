@@ -77,15 +77,16 @@ def _imported_files(node: ast.AST) -> list[str]:
     """The pipeline module files one import statement names (a module, or modules of a package)."""
     if isinstance(node, ast.ImportFrom) and (node.module or "").split(".")[0] == "pipeline":
         base = node.module.replace(".", "/")
-        return [f"{base}/{a.name}.py" if (ROOT / base / f"{a.name}.py").exists() else f"{base}.py"
-                for a in node.names]
+        return [f"{base}/{a.name}.py" if (ROOT / base / f"{a.name}.py").exists()
+                else f"{base}/{a.name}/__init__.py" if (ROOT / base / a.name).is_dir()  # a package (pipeline.config)
+                else f"{base}.py" if (ROOT / f"{base}.py").exists() else f"{base}/__init__.py" for a in node.names]
     if isinstance(node, ast.Import):
         return [a.name.replace(".", "/") + ".py" for a in node.names if a.name.split(".")[0] == "pipeline"]
     return []
 
 
 def _pipeline_imports(path: Path, seen: set[str]) -> set[str]:
-    """The pipeline/**.py files `path` imports, transitively (package __init__ files hold only docs)."""
+    """The pipeline/**.py files `path` imports, transitively (through a package's __init__ to what it re-exports)."""
     for node in ast.walk(ast.parse(path.read_text())):
         for name in _imported_files(node):
             if name not in seen and (ROOT / name).is_file():

@@ -8,7 +8,7 @@ import numpy as np
 import pytest
 
 from pipeline.data import world as w
-from pipeline.data.world import Obj, Sample, Scene
+from pipeline.data.world import Obj, Sample, Scene, rendering
 
 N = 240  # per bucket: every category many times, still well under a second to generate
 RC, BS, GT = Obj("circle", "red"), Obj("square", "blue"), Obj("triangle", "green")
@@ -299,7 +299,7 @@ def test_styles_are_the_documented_pixel_maps():
 def test_real_mode_is_pure_differs_from_plain_and_keeps_colours_readable():
     for s in w.make_bucket("realism", "train", 24):
         real, plain = w.render(s.target), w.render(replace(s.target, style="plain"))
-        w._texture.cache_clear()  # the texture must come from its fixed seed, not a cache
+        rendering._texture.cache_clear()  # the texture must come from its fixed seed, not a cache
         assert real.tobytes() == w.render(s.target).tobytes()
         assert np.abs(real.astype(int) - plain).mean() > 1.0
         n_colours = [len(np.unique(x.reshape(-1, 3), axis=0)) for x in (real, plain)]
