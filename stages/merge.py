@@ -4,6 +4,7 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
+import stages
 from pipeline import config, tracking
 from pipeline.core import backbone, checkpoint
 
@@ -28,4 +29,4 @@ def main() -> None:
 
 
 if __name__ == "__main__":
-    main()
+    stages.run(main)

@@ -7,6 +7,7 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
+import stages
 from pipeline import config, tracking
 from pipeline.core import checkpoint, compute
 from pipeline.core.batches import Curated
@@ -43,4 +44,4 @@ def main() -> None:
 
 
 if __name__ == "__main__":
-    main()
+    stages.run(main)

@@ -5,6 +5,7 @@ that no other stage declares (so no other stage would rerun and report it).
 """
 from __future__ import annotations
 
+import stages
 from pipeline import config
 
 
@@ -14,4 +15,4 @@ def main() -> None:
 
 
 if __name__ == "__main__":
-    main()
+    stages.run(main)

@@ -237,6 +237,18 @@ def test_a_bad_method_override_is_named(overrides, where):
                  run=ALL_ROWS["run"])
 
 
+def test_a_method_no_setting_runs_is_checked_too():
+    """`queries` above the rollout's states fails at load even for a method that no setting runs yet
+    (it would otherwise fail only the day a `-S settings.<s>.methods=[...]` picks it)."""
+    with pytest.raises(config.ConfigError, match=r"distill.methods.later.queries: 40 queries but only 16 rollout "
+                                                 r"states \(distill.rollout_steps\)"):
+        repo_cfg(distill={"methods": {"later": {"queries": 40}}})
+    with pytest.raises(config.ConfigError, match=r"distill.queries: 8 queries but only 4 rollout states "
+                                                 r"\(distill.methods.later.rollout_steps\)"):
+        repo_cfg(distill={"queries": 8, "methods": {"later": {"rollout_steps": 4}}})
+    assert repo_cfg(distill={"methods": {"later": {"queries": "all"}}})  # every state: always fits
+
+
 def test_a_method_the_setting_does_not_run_is_named():
     with pytest.raises(config.ConfigError, match=r"settings.realism.methods: no method 'soft'"):
         repo_cfg().method("realism", "soft")

@@ -2,6 +2,7 @@
 import hashlib
 import itertools
 import json
+import os
 from pathlib import Path
 
 import numpy as np
@@ -173,6 +174,8 @@ def _external(tmp_path, rows, header="uid,task,prompt,source_image,target_image"
     Image.fromarray(rgba, "RGBA").save(tmp_path / "opaque.png")
     rgba[:10, :, 3] = 0
     Image.fromarray(rgba, "RGBA").save(tmp_path / "holes.png")
+    Image.fromarray(img[:1, :1]).save(tmp_path / "dot.png")  # 1 x 1
+    Image.fromarray(img[:, :20]).save(tmp_path / "narrow.png")  # 20 wide, 40 high
     csv = tmp_path / "edits.csv"
     csv.write_text(header + "\n" + "\n".join(rows) + "\n")
     return csv
@@ -202,6 +205,9 @@ def test_external_csv_is_ingested(tmp_path):
     ("u1,local_edit,make it red,../a.png,b.png", r"edits.csv: row 2, column 'source_image': '../a.png' is outside"),
     ("u1,local_edit,make it red,/etc/hostname,b.png", r"row 2, column 'source_image': '/etc/hostname' is outside"),
     ("u1,local_edit,make it red,a.png,holes.png", r"row 2, column 'target_image': .*holes.png: has transparent"),
+    ("u1,local_edit,make it red,dot.png,b.png", r"row 2, column 'source_image': .*dot.png is 1x1, below the "
+                                                r"world's 32x32 \(world.resolution\)"),
+    ("u1,local_edit,make it red,a.png,narrow.png", r"row 2, column 'target_image': .*narrow.png is 20x40, below"),
 ])
 def test_bad_external_row_is_named_and_nothing_written(tmp_path, bad_row, match):
     csv = _external(tmp_path, [GOOD[0], bad_row])
@@ -264,6 +270,39 @@ def test_an_unwritable_output_fails_before_any_work(tmp_path):
     assert not (tmp_path / "new").exists()  # ...and is not created by the check
     with pytest.raises(PermissionError, match=r"/proc/danceopd/model: cannot write into /proc"):
         outputs.ensure_writable(Path("/proc/danceopd/model"))  # unwritable even for root
+
+
+def test_an_existing_output_that_cannot_be_replaced_fails_before_any_work(tmp_path, monkeypatch):
+    """What the final move needs is checked up front: writing into an existing output folder (its old
+    contents are removed when the new output is complete), and every folder inside it. Root writes
+    anywhere, so the refusals are simulated where the probe and the permission check ask."""
+    out = tmp_path / "models" / "base"
+    (out / "scheduler").mkdir(parents=True)
+    outputs.ensure_writable(out)  # writable: passes, and leaves nothing behind
+    assert sorted(p.name for p in out.iterdir()) == ["scheduler"]
+    write_bytes = Path.write_bytes
+
+    def refused_inside(self, data):
+        if self.parent == out:
+            raise PermissionError(13, "Permission denied")
+        return write_bytes(self, data)
+
+    monkeypatch.setattr(Path, "write_bytes", refused_inside)
+    with pytest.raises(PermissionError, match=r"models/base: cannot write into .*models/base \(Permission denied\)"):
+        outputs.ensure_writable(out)
+    monkeypatch.setattr(Path, "write_bytes", write_bytes)
+    access = os.access
+    monkeypatch.setattr(os, "access", lambda path, mode: not str(path).endswith("scheduler") and access(path, mode))
+    with pytest.raises(PermissionError, match=r"models/base: cannot replace it: .*scheduler is read-only"):
+        outputs.ensure_writable(out)
+
+
+def test_an_atomic_folder_replaces_a_file_in_its_way(tmp_path):
+    final = tmp_path / "model"
+    final.write_text("not a folder")
+    with outputs.atomic_dir(final) as tmp:
+        (tmp / "weights").write_text("complete")
+    assert final.is_dir() and (final / "weights").read_text() == "complete"
 
 
 def test_an_atomic_folder_is_all_or_nothing(tmp_path):

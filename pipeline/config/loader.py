@@ -92,6 +92,13 @@ def _check(cfg: Config) -> list[str]:
     if cfg.model.lora_rank and not cfg.model.pretrained:
         problems.append(f"model.lora_rank: {cfg.model.lora_rank} trains LoRA adapters on a pretrained base, but "
                         f"model.pretrained is empty (set it, or lora_rank: 0 for full fine-tuning)")
+    for name, overrides in cfg.distill.methods.items():  # every method, run by a setting or not (yet)
+        given = overrides.model_fields_set if overrides is not None else set()
+        pick = lambda key: ((getattr(overrides, key), f"distill.methods.{name}.{key}") if key in given  # noqa: E731
+                            else (getattr(cfg.distill, key), f"distill.{key}"))
+        (queries, q_key), (steps, r_key) = pick("queries"), pick("rollout_steps")
+        if queries != "all" and queries > steps:
+            problems.append(f"{q_key}: {queries} queries but only {steps} rollout states ({r_key})")
     for key in ("baselines", "teachers"):
         if unknown := [n for n in getattr(cfg.run, key) if n not in cfg.settings]:
             problems.append(f"run.{key}: {unknown} are not settings (expected some of {sorted(cfg.settings)})")
@@ -114,9 +121,6 @@ def _resolve(cfg: Config, setting: str, name: str, problems: list[str]) -> Metho
         values["queries"] = values["rollout_steps"]
     if values["init"] not in cfg.sources():
         problems.append(f"{origins['init']}: {values['init']!r} is not a source model")
-    if values["queries"] > values["rollout_steps"]:
-        problems.append(f"{origins['queries']}: {values['queries']} queries but only {values['rollout_steps']} "
-                        f"rollout states ({origins['rollout_steps']})")
     method = Method.model_validate(values)
     method._origins.update(origins)
     return method

@@ -101,6 +101,9 @@ def _load_image(path: Path, size: int, where: str) -> np.ndarray:
         img = Image.fromarray(images.read_rgb(path))
     except images.ImageError as err:
         raise DataError(f"{where}: {err}") from err
+    if img.width < size or img.height < size:  # upscaling would invent the pixels the model learns from
+        raise DataError(f"{where}: {path} is {img.width}x{img.height}, below the world's {size}x{size} "
+                        f"(world.resolution); give an image at least that large (it is downscaled, never upscaled)")
     if img.size != (size, size):
         img = img.resize((size, size), Image.Resampling.BICUBIC)
     return np.asarray(img)
