@@ -22,7 +22,7 @@ from pipeline.data import curate, embeddings, sd3_text
 from pipeline.eval import evaluation
 from pipeline.eval import evaluator as E
 from pipeline.eval.sample import generate as sample
-from pipeline.train import distill, sft
+from pipeline.train import distill, run, sft
 from pipeline.train import evaluator_training as T
 from tests.conftest import tiny_cfg
 from tests.sd3_tiny import make_tiny_sd3
@@ -205,8 +205,7 @@ def test_train_distill_evaluate_through_the_pretrained_model(cfg, data, sd3, tmp
         return wrapped
 
     load_teacher = teacher.load_teacher
-    monkeypatch.setattr(sft, "fit", spied_fit(sft.fit))
-    monkeypatch.setattr(distill, "fit", spied_fit(distill.fit))
+    monkeypatch.setattr(run, "fit", spied_fit(run.fit))  # the training run both share
     monkeypatch.setattr(teacher, "load_teacher",
                         lambda *a, **kw: teachers.append(load_teacher(*a, **kw)) or teachers[-1])
     models = tmp_path / "models"

@@ -37,7 +37,8 @@ from pipeline.core.batches import Batch, Curated, routed_batches
 from pipeline.core.fields import Cond, Field
 from pipeline.core.router import Router
 from pipeline.data import outputs
-from pipeline.train.loop import Fit, Loop, StepFn, fit
+from pipeline.train import run
+from pipeline.train.loop import Fit, Loop, StepFn
 
 # u ~ Beta(a, b) over the high-to-low-noise rollout list, index = floor(R u): "low" is the
 # low-noise (late) end. Beta(1, 1) is the uniform distribution.
@@ -212,11 +213,7 @@ def train_student(method, setting, fields, routing, train, shift: float, compute
                                  route_generator=route_rng)
     if routing.source == "router":
         batches = relabelled(batches, router_routes(Router.load(router_dir).to(device), routes, device))
-    student = backbone.load(sources[method.init])
-    if compute_params.grad_checkpointing:
-        student.checkpoint_activations()
-    if lora_rank:  # the init's weights stay frozen; the adapter is merged when the student is saved
-        backbone.add_lora(student, lora_rank, seed)
+    student = run.ready(backbone.load(sources[method.init]), compute_params.grad_checkpointing, lora_rank, seed)
     micro = method.grad_accum * (len(routes) if method.routing_per == "all" else 1)  # "all": each route each step
     loop = Loop(steps=method.steps, lr=method.lr, weight_decay=train.weight_decay, grad_clip=train.grad_clip,
                 ema=0.0, grad_accum=micro, checkpoint_every=train.checkpoint_every,  # no EMA for students,
@@ -227,12 +224,7 @@ def train_student(method, setting, fields, routing, train, shift: float, compute
               "loop": dataclasses.asdict(loop)}
     if lora_rank:
         recipe["lora_rank"] = lora_rank
-    work = checkpoint.work_dir(out)
-    result = fit(student, distill_step(target_field, method, shift, device), batches, loop,
-                 rng=rng if route_rng is rng else (rng, route_rng), work=work,
-                 run_id=checkpoint.fingerprint(recipe), device=device, on_log=on_log)
-    sampling = checkpoint.sampling_card(shift, tensors.image.shape[-1] * space.downsample, data.embeddings.info,
-                                        space.card())
-    checkpoint.save_model(result.model, out, {"name": name, "recipe": recipe, "history": result.history}, sampling)
-    checkpoint.finish(work)
-    return result
+    return run.fit_and_save(student, distill_step(target_field, method, shift, device), batches, loop,
+                            rng=rng if route_rng is rng else (rng, route_rng), out=out, name=name, recipe=recipe,
+                            run_id=checkpoint.fingerprint(recipe), shift=shift, data=data, space=space,
+                            side=tensors.image.shape[-1], device=device, on_log=on_log)

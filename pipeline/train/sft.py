@@ -31,7 +31,8 @@ from pipeline.core import backbone, checkpoint, compute, flow, latents, streams
 from pipeline.core.teacher import ROUTE_BUCKETS
 from pipeline.core.batches import Batch, Curated, TensorSet, random_batches
 from pipeline.data import outputs, shards
-from pipeline.train.loop import Fit, Loop, StepFn, fit
+from pipeline.train import run
+from pipeline.train.loop import Fit, Loop, StepFn
 
 
 @dataclasses.dataclass(frozen=True)
@@ -120,10 +121,7 @@ def train_model(plan: Plan, train, model_params, compute_params, *, data: Curate
         tensors = curated.tensors(plan.buckets, "train").to(device)
         batches = random_batches(tensors, batch_size, rng)
     model = backbone.load(init) if init else new_model(model_params, train.seed, tensors)
-    if compute_params.grad_checkpointing:
-        model.checkpoint_activations()
-    if model_params.lora_rank:  # the init's weights stay frozen; an adapter learns the plan (saved merged)
-        backbone.add_lora(model, model_params.lora_rank, train.seed)
+    model = run.ready(model, compute_params.grad_checkpointing, model_params.lora_rank, train.seed)
     r = plan.recipe
     step = flow_matching_step(r.t_sampling, train.drop_text, train.drop_source, data.null(), device, model_params.shift)
     loop = Loop(steps=plan.steps, lr=r.lr, weight_decay=train.weight_decay, grad_clip=train.grad_clip, ema=r.ema,
@@ -137,15 +135,10 @@ def train_model(plan: Plan, train, model_params, compute_params, *, data: Curate
               {key: getattr(model_params, key) for key in ("preset", "patch_size", "prediction", "pretrained")}}
     if model_params.lora_rank:
         recipe["lora_rank"] = model_params.lora_rank
-    work = checkpoint.work_dir(out)
-    result = fit(model, step, batches, loop, rng=rng, work=work,
-                 run_id=checkpoint.fingerprint(recipe, _shard_digest(data.shards, plan.buckets)), device=device,
-                 on_log=on_log)
-    sampling = checkpoint.sampling_card(model_params.shift, tensors.image.shape[-1] * space.downsample,
-                                        data.embeddings.info, space.card())
-    checkpoint.save_model(result.model, out, {"name": plan.name, "recipe": recipe, "history": result.history}, sampling)
-    checkpoint.finish(work)
-    return result
+    return run.fit_and_save(model, step, batches, loop, rng=rng, out=out, name=plan.name, recipe=recipe,
+                            run_id=checkpoint.fingerprint(recipe, _shard_digest(data.shards, plan.buckets)),
+                            shift=model_params.shift, data=data, space=space, side=tensors.image.shape[-1],
+                            device=device, on_log=on_log)
 
 
 def _shard_digest(shards_dir: Path, buckets: list[str]) -> list[tuple[str, int]]:
