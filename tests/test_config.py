@@ -194,8 +194,16 @@ def test_a_route_must_be_one_the_registry_knows(tmp_path):
         config.load(_write(tmp_path, raw))
 
 
-def test_model_presets_are_the_backbone_registry():
+def test_model_presets_and_query_positions_are_their_owners_registries():
+    """config may import only the data layer, so these two names are spelled in its schema too and pinned
+    here; the route names come from the world's registry itself (`world.ROUTE_BUCKETS`)."""
+    from pipeline.core import teacher
+    from pipeline.data import world
+    from pipeline.train import distill
+
     assert set(typing.get_args(config.ModelPreset)) == set(backbone.PRESETS)
+    assert set(typing.get_args(config.Query)) == set(distill.QUERY_BETA)
+    assert typing.get_args(config.RouteName) == tuple(world.ROUTE_BUCKETS) and teacher.ROUTE_BUCKETS is world.ROUTE_BUCKETS
 
 
 # --- distill.methods resolved at load, per setting -------------------------------------------------

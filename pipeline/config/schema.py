@@ -27,7 +27,7 @@ Weighting = Literal["mean", "diffusionopd"]
 States = Literal["on_policy", "off_policy", "off_policy_data"]
 RoutingMode = Literal["hard", "soft"]
 RoutingPer = Literal["step", "sample", "all"]
-RouteName = Literal["t2i", "edit", "local_edit", "global_edit"]  # pipeline.core.teacher.ROUTE_BUCKETS
+RouteName = Literal[tuple(world.ROUTE_BUCKETS)]  # the routes a teacher can have
 
 
 class ConfigError(ValueError):

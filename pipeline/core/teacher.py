@@ -33,9 +33,7 @@ class Route:
     buckets: tuple[str, ...]  # the data buckets whose samples take it
 
 
-# route name -> the buckets whose samples take it (params `routing.weights` and settings use these names)
-ROUTE_BUCKETS = {"t2i": ("t2i",), "edit": ("local_edit", "global_edit"), "local_edit": ("local_edit",),
-                 "global_edit": ("global_edit",)}
+ROUTE_BUCKETS = world.ROUTE_BUCKETS  # route name -> the buckets whose samples take it (the world's vocabulary)
 
 
 def routes(setting) -> list[Route]:

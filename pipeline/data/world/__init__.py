@@ -37,7 +37,7 @@ Conventions (this package owns them; its modules: `scene`, `rendering`, `prompts
 """
 from pipeline.data.world.scene import (BACKGROUNDS, BUCKETS, BUCKET_BASE, BUCKET_TASK, CATEGORIES, COLORS,
                                        EDIT_CATEGORIES, EDIT_STYLES, GLOBAL_EDIT_CATEGORIES,
-                                       LOCAL_EDIT_CATEGORIES, LUMA, Obj, POSITIONS, RELATIONS, SHAPES,
+                                       LOCAL_EDIT_CATEGORIES, LUMA, Obj, POSITIONS, RELATIONS, ROUTE_BUCKETS, SHAPES,
                                        SPLIT_BASE, STYLES, Scene, T2I_CATEGORIES, TASKS, cell_box)
 from pipeline.data.world.rendering import render
 from pipeline.data.world.prompts import check_spec, describe

@@ -23,6 +23,10 @@ EDIT_CATEGORIES = LOCAL_EDIT_CATEGORIES + GLOBAL_EDIT_CATEGORIES
 TASKS = ("t2i", "local_edit", "global_edit")
 BUCKETS = ("t2i", "local_edit", "global_edit", "realism")
 BUCKET_TASK = {"t2i": "t2i", "local_edit": "local_edit", "global_edit": "global_edit", "realism": "t2i"}
+# The routes a teacher can have (`pipeline.core.teacher`): route name -> the buckets whose samples
+# take it; params `routing.weights` and `settings.<s>.routes` name them (`pipeline.config` reads them here).
+ROUTE_BUCKETS = {"t2i": ("t2i",), "edit": ("local_edit", "global_edit"), "local_edit": ("local_edit",),
+                 "global_edit": ("global_edit",)}
 CATEGORIES = {"t2i": T2I_CATEGORIES, "local_edit": LOCAL_EDIT_CATEGORIES,
               "global_edit": GLOBAL_EDIT_CATEGORIES, "realism": T2I_CATEGORIES}
 SPLIT_BASE = {"train": 0, "test": 10**9, "reference": 2 * 10**9}  # reference: KID/FID's real set
