@@ -96,3 +96,21 @@ def test_seed_to_seed_spread_widens_a_claim_s_interval(tmp_path):
         claim = next(c for c in _results(root)["claims"] if c["b"] == "sources/edit" and c["score"] == "gedit")
         widths.append(claim["difference"]["ci"][1] - claim["difference"]["ci"][0])
     assert widths[1] > 1.5 * widths[0] and not math.isnan(widths[0])
+
+
+def test_the_report_scores_a_one_seed_model_as_its_evaluation_did(tmp_path):
+    """The scoring rules live twice, evaluation's per model (`evaluation.scores`) and the report's over
+    seeds (`report.Model.score`); on one seed's outcomes they must give the same points (to rounding:
+    a category mean of means against a weighted sum) and the very same intervals."""
+    from pipeline.eval import evaluation
+
+    _write(tmp_path, "sources/base", {"subject_add": 0.2, "style_change": 0.9}, 0.4, realism=0.3, seed=7)
+    outcomes = json.loads((tmp_path / "outcomes" / "sources" / "base.json").read_text())
+    outcomes["preservation"][3] = math.nan  # a global edit's: no untouched cells
+    (tmp_path / "outcomes" / "sources" / "base.json").write_text(json.dumps(outcomes))
+    evaluated = evaluation.scores(outcomes)
+    model = report.load_model(tmp_path / "eval", tmp_path / "outcomes", "sources/base")
+    for score in ("geneval", "gedit", "preservation", "clip_score", "realism"):
+        got = model.score(score)
+        assert math.isclose(got["value"], evaluated[score], rel_tol=0, abs_tol=1e-12), score
+        assert got["ci"] == evaluated[f"{score}_ci"], score
