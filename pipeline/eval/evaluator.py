@@ -165,10 +165,11 @@ class Evaluator:
 
     @torch.no_grad()
     def _chunked(self, fn, images, *lists) -> Tensor:
-        """fn over chunks of the images (and of `lists` alongside), concatenated on the CPU."""
-        x, c = self._images(images), self.chunk
-        return torch.cat([fn(x[i:i + c].to(self.device), *(v[i:i + c] for v in lists)).cpu()
-                          for i in range(0, max(len(x), 1), c)])  # one empty chunk if no images
+        """fn over chunks of the images (and of `lists` alongside), concatenated on the CPU; each chunk is
+        converted and box-averaged to the grid on its own, so a bucket of large images is never held in float."""
+        c = self.chunk
+        return torch.cat([fn(self._images(images[i:i + c]).to(self.device), *(v[i:i + c] for v in lists)).cpu()
+                          for i in range(0, max(len(images), 1), c)])  # one empty chunk if no images
 
     def parse(self, images) -> list[world.Scene]:
         """The argmax scene of each image."""
