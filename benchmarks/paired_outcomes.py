@@ -20,35 +20,22 @@ import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from pipeline.data import world  # noqa: E402
-from pipeline.eval import stats  # noqa: E402
-
-# category-mean scores: (name, outcome key, the categories it averages)
-CATEGORY_SCORES = (("geneval", "geneval", world.CATEGORIES["t2i"]),
-                   ("gedit", "gedit", world.EDIT_CATEGORIES),
-                   ("gedit_local", "gedit", world.CATEGORIES["local_edit"]),
-                   ("gedit_global", "gedit", world.CATEGORIES["global_edit"]))
-MEAN_SCORES = ("clip_score", "realism", "preservation")
-
+from pipeline.eval import scoring, stats  # noqa: E402
 
 def differences(a: dict, b: dict) -> dict[str, tuple[float, float, float, float, float]]:
     """score -> (a, b, a - b, lo, hi) for every score both outcome files carry."""
     rows = {}
-    for name, key, categories in CATEGORY_SCORES:
+    for name, (key, _) in scoring.CATEGORY_SCORES.items():
         if not (a.get(key) and b.get(key)):
             continue
         if a[key]["category"] != b[key]["category"]:
             raise ValueError(f"{key}: the two files score different prompts (their categories differ)")
-        keep = [c in categories for c in a[key]["category"]]
-        cats = [c for c, k in zip(a[key]["category"], keep) if k]
-        oa, ob = ([float(v) for v, k in zip(f[key]["ok"], keep) if k] for f in (a, b))
+        (oa, cats), (ob, _) = scoring.select([a], name), scoring.select([b], name)
         if not cats:
             continue
         d, lo, hi = stats.paired_difference(oa, ob, cats)
-        mean = [float(np.mean([np.mean([o for o, c in zip(out, cats) if c == g]) for g in dict.fromkeys(cats)]))
-                for out in (oa, ob)]
-        rows[name] = (*mean, d, lo, hi)
-    for key in MEAN_SCORES:
+        rows[name] = (scoring.score([a], name)["value"], scoring.score([b], name)["value"], d, lo, hi)
+    for key in scoring.MEAN_SCORES:
         if a.get(key) and b.get(key) and not np.all(np.isnan(np.asarray(a[key], np.float64))):
             x, y = (np.asarray(f[key], np.float64) for f in (a, b))
             keep = np.isfinite(x) & np.isfinite(y)  # a plain mean: one stratum

@@ -26,15 +26,10 @@ import numpy as np
 
 from pipeline import config
 from pipeline.data import world
-from pipeline.eval import metrics, paper, stats
+from pipeline.eval import metrics, paper, scoring, stats
 
 GEDIT_HEADERS = {"subject_add": "subj-add", "subject_replace": "subj-rep", "subject_remove": "subj-rem",
                  "colour_alter": "color-alt", "background_change": "bg-chg", "style_change": "style-chg"}
-# score -> (the outcomes it reads, the categories it averages over): GEdit also apart as local and global
-CATEGORY_SCORES = {"geneval": ("geneval", world.T2I_CATEGORIES), "gedit": ("gedit", world.EDIT_CATEGORIES),
-                   "gedit_local": ("gedit", world.LOCAL_EDIT_CATEGORIES),
-                   "gedit_global": ("gedit", world.GLOBAL_EDIT_CATEGORIES)}
-MEAN_SCORES = ("preservation", "clip_score", "realism")
 SILENT = 0.15  # an edit category no teacher of the run passes this often carries no signal
 
 # (row label, model name relative to the eval folder (students: without the seed), paper key)
@@ -66,45 +61,29 @@ FILL = {"local_global": "dvc exp run -S 'run.experts=[edit,realism,local_edit,gl
 
 
 class Model:
-    """One model's per-sample outcomes, (S, N) per score (S training seeds on the same N prompts),
-    and its metrics files."""
+    """One model's per-sample outcomes (one file per training seed, on the same prompts) and its
+    metrics files, scored by `pipeline.eval.scoring`."""
 
     def __init__(self, name: str, metrics_files: Sequence[dict], outcomes: Sequence[dict], student: bool):
         self.name, self.metrics, self.student = name, list(metrics_files), student
-        self.seeds = len(outcomes)
-        self.outcomes, self.categories = {}, {}
-        for key in ("geneval", "gedit"):
-            cats = [out[key]["category"] for out in outcomes]
-            if any(c != cats[0] for c in cats):
-                raise ValueError(f"report: {name}'s seeds were scored on different {key} prompts")
-            self.outcomes[key], self.categories[key] = np.asarray([out[key]["ok"] for out in outcomes], float), cats[0]
-        for key in MEAN_SCORES:
-            self.outcomes[key] = np.asarray([out[key] for out in outcomes], dtype=np.float64)
+        self.seeds, self.files = len(outcomes), list(outcomes)
+        for score in scoring.CATEGORY_SCORES:  # the seeds' prompts must agree
+            scoring.select(self.files, score)
 
     def arrays(self, score: str) -> tuple[np.ndarray, list[str] | None]:
         """(outcomes (S, N'), categories or None) of one score; local/global GEdit keep their own prompts."""
-        if score not in CATEGORY_SCORES:
-            return self.outcomes[score], None
-        key, known = CATEGORY_SCORES[score]
-        keep = np.isin(self.categories[key], known)
-        return self.outcomes[key][:, keep], [c for c, k in zip(self.categories[key], keep) if k]
+        return scoring.select(self.files, score)
 
     def score(self, score: str) -> dict:
         """Point estimate and two-level interval of one score."""
-        values, cats = self.arrays(score)
-        if values.shape[1] == 0 or not np.isfinite(values).any():
-            return {"value": math.nan, "ci": [math.nan, math.nan]}
-        point, _ = stats.bootstrap_scores([values], cats)
-        return {"value": float(point[0]), "ci": list(stats.interval(values, cats))}
+        return scoring.score(self.files, score)
 
     def summary(self) -> dict:
         out = {"name": self.name, "seeds": self.seeds, "student": self.student}
-        for score in (*CATEGORY_SCORES, *MEAN_SCORES):
+        for score in scoring.SCORES:
             out[score] = self.score(score)
         for score in ("geneval", "gedit"):
-            key, known = CATEGORY_SCORES[score]
-            ok = self.outcomes[key].mean(0).tolist()
-            out[f"{score}_by_category"] = metrics.category_score(ok, self.categories[key], known)[1]
+            out[f"{score}_by_category"] = scoring.by_category(self.files, score)
         for key in ("kid", "fid", "fid_floor", "nfe"):  # distribution metrics: the seeds' mean
             out[key] = float(np.mean([m[key] for m in self.metrics]))
         out["kid_ci"] = [min(m["kid_ci"][0] for m in self.metrics), max(m["kid_ci"][1] for m in self.metrics)]
@@ -172,7 +151,7 @@ def realism_closure(models: dict[str, Model]) -> dict:
     for name, model in models.items():
         if name.startswith("realism/"):
             points, resampled = stats.bootstrap_scores(
-                [model.outcomes["realism"], init.outcomes["realism"], teacher.outcomes["realism"]])
+                [m.arrays("realism")[0] for m in (model, init, teacher)])
             closure = [metrics.realism_gap_closure(*p) for p in resampled]
             lo, hi = np.nanpercentile(closure, [2.5, 97.5]) if np.isfinite(closure).any() else (math.nan, math.nan)
             out["students"][name] = {"realism": model.score("realism"), "geneval": model.score("geneval"),
@@ -187,9 +166,7 @@ def can_say(models: dict[str, Model]) -> dict:
     teachers = [m for n, m in models.items() if n.startswith("sources/") or n.split("/")[-1].startswith("teacher")]
     best = {}
     for m in teachers:
-        by_category = metrics.category_score(m.outcomes["gedit"].mean(0).tolist(), m.categories["gedit"],
-                                             world.EDIT_CATEGORIES)[1]
-        for c, v in by_category.items():
+        for c, v in scoring.by_category(m.files, "gedit").items():
             best[c] = max(best.get(c, 0.0), v)
     return {"best_teacher": best, "silent": [c for c in world.EDIT_CATEGORIES if best.get(c, 0.0) < SILENT]}
 

@@ -205,6 +205,25 @@ def test_the_committed_lock_holds_only_the_stages_dvc_yaml_defines():
     assert locked - defined == set(), "dvc.lock: drop the entries of stages dvc.yaml no longer defines"
 
 
+def test_the_committed_lock_vouches_for_every_committed_file_it_names():
+    """Every dep and out the lock hashes that git carries (code, params, the tracked metrics,
+    outcomes and report) is the committed file: a code change committed without its lock, or a lock
+    whose data hashes are another run's, shows here as `dvc status` would show it to a user."""
+    from dvc.repo import Repo
+
+    tracked = set(subprocess.run(["git", "ls-files"], cwd=ROOT, capture_output=True, text=True,
+                                 check=True).stdout.splitlines())
+    carried = lambda path: any(f == path or f.startswith(path + "/") and not f.endswith(".gitignore")  # noqa: E731
+                               for f in tracked)
+    with Repo(str(ROOT)) as repo:
+        status = repo.status()
+    stale = sorted(f"{stage}: {kind} {path} {state}" for stage, entries in status.items()
+                   for entry in entries if isinstance(entry, dict)
+                   for kind, changed in entry.items() if isinstance(changed, dict)
+                   for path, state in changed.items() if state == "modified" and carried(path))
+    assert stale == [], "dvc.lock is not the committed files' lock:\n" + "\n".join(stale)
+
+
 def _tiny_repo(tmp_path: Path) -> Path:
     repo = tmp_path / "repo"
     repo.mkdir()

@@ -195,3 +195,28 @@ def test_trained_evaluator_scores_real_test_renders_as_perfect():
     f_plain, f_real = ev.features(to_tensor(plain)).numpy(), ev.features(real).numpy()
     # Two halves of one distribution are far closer than plain vs realistic renders.
     assert 3 * metrics.fid(f_plain[:60], f_plain[60:]) < metrics.fid(f_plain, f_real)
+
+
+def test_scoring_rules_in_closed_form():
+    """`scoring.score`: a category score is the mean of category means of the seeds' mean outcome,
+    GEdit local/global keep their own prompts, a mean score leaves NaN out, and seeds scored on
+    other prompts or unknown categories are refused by name."""
+    from pipeline.eval import scoring
+
+    local, global_ = world.LOCAL_EDIT_CATEGORIES[0], world.GLOBAL_EDIT_CATEGORIES[0]
+    cats = [local] * 3 + [global_]
+    seeds = [{"gedit": {"ok": [1, 0, 0, 1], "category": cats}, "realism": [0.2, math.nan, 0.4, 0.0]},
+             {"gedit": {"ok": [1, 1, 0, 0], "category": cats}, "realism": [0.4, math.nan, 0.0, 0.2]}]
+    # seeds' mean: local (1 + .5 + 0) / 3 = .5, global .5 -> .5; local alone .5; global alone .5
+    assert scoring.score(seeds, "gedit")["value"] == pytest.approx(0.5)
+    assert scoring.score(seeds[:1], "gedit")["value"] == pytest.approx((1 / 3 + 1) / 2)
+    assert scoring.score(seeds[:1], "gedit_local")["value"] == pytest.approx(1 / 3)
+    assert scoring.score(seeds[:1], "gedit_global")["value"] == 1.0
+    assert scoring.by_category(seeds, "gedit") == pytest.approx({local: 0.5, global_: 0.5})
+    assert scoring.score(seeds, "realism")["value"] == pytest.approx(0.2)  # (.3 + .2 + .1) / 3
+    lo, hi = scoring.score(seeds, "realism")["ci"]
+    assert lo <= 0.2 <= hi and lo < hi
+    with pytest.raises(ValueError, match="different gedit prompts"):
+        scoring.score([seeds[0], {**seeds[1], "gedit": {"ok": [1] * 4, "category": [global_] * 4}}], "gedit")
+    with pytest.raises(ValueError, match=r"unknown gedit categories \['sparkle'\]"):
+        scoring.score([{"gedit": {"ok": [1], "category": ["sparkle"]}}], "gedit")

@@ -24,7 +24,6 @@ field its students learn (`TEACHERS`): `teacher` samples it unguided (at `eval.g
 """
 from __future__ import annotations
 
-import math
 import time
 from collections.abc import Mapping
 from pathlib import Path
@@ -38,7 +37,7 @@ from pipeline.core.batches import Curated
 from pipeline.core.latents import Space
 from pipeline.eval.sample import Panel, generate, labelled_grid, noise_like
 from pipeline.data import shards, world
-from pipeline.eval import metrics, stats
+from pipeline.eval import metrics, scoring, stats
 
 BUCKETS = world.BUCKETS  # every bucket is evaluated
 GRID_COLUMNS = 8  # test samples per bucket shown in the sample grid
@@ -94,16 +93,14 @@ def nfe_factor(guidance: float, image_guidance: float) -> int:
 
 
 def scores(outcomes: dict) -> dict:
-    """Every per-sample score's point estimate and bootstrap 95% interval (`pipeline.eval.stats`)."""
+    """Every per-sample score's point estimate and bootstrap 95% interval (`pipeline.eval.scoring`)."""
     result = {}
-    for name, known in (("geneval", world.T2I_CATEGORIES), ("gedit", world.EDIT_CATEGORIES)):
-        ok, cats = outcomes[name]["ok"], outcomes[name]["category"]
-        result[name], result[f"{name}_by_category"] = metrics.category_score(ok, cats, known)
-        result[f"{name}_ci"] = list(stats.interval(ok, cats))
-    for name in ("preservation", "clip_score", "realism"):
-        values = np.asarray(outcomes[name], dtype=np.float64)
-        result[name] = float(np.nanmean(values)) if np.isfinite(values).any() else math.nan
-        result[f"{name}_ci"] = list(stats.interval(values))
+    for name in ("geneval", "gedit", *scoring.MEAN_SCORES):
+        point = scoring.score([outcomes], name)
+        result[name] = point["value"]
+        if name in scoring.CATEGORY_SCORES:
+            result[f"{name}_by_category"] = scoring.by_category([outcomes], name)
+        result[f"{name}_ci"] = point["ci"]
     return result
 
 
