@@ -24,7 +24,8 @@ from PIL import Image
 from pipeline.core import backbone, checkpoint
 from pipeline.core.fields import Cond
 from pipeline.core.router import Router
-from pipeline.data import images, outputs, sd3_text, shards, world
+from pipeline.curation import images, sd3_text
+from pipeline.data import outputs, shards, world
 from pipeline.eval.sample import generate
 
 DEFAULT_MODEL = Path("data/models/students/t2i_edit/danceopd-s0")  # DanceOPD of Table 2A (T2I + edit)

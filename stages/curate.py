@@ -6,7 +6,8 @@ from pathlib import Path
 
 import stages
 from pipeline import config, tracking
-from pipeline.data import curate, outputs
+from pipeline.curation import curate
+from pipeline.data import outputs
 
 
 def main() -> None:

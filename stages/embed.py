@@ -8,7 +8,8 @@ from pathlib import Path
 import stages
 from pipeline import config, tracking
 from pipeline.core import compute, latents
-from pipeline.data import embeddings, outputs, sd3_text, shards
+from pipeline.curation import sd3_text
+from pipeline.data import embeddings, outputs, shards
 
 
 def main() -> None:

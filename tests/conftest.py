@@ -21,7 +21,7 @@ def pytest_configure(config):
 @pytest.fixture(scope="session")
 def encoder():
     """The real frozen text encoder (loads in ~2 s; shared by the session)."""
-    from pipeline.data.text import TextEncoder
+    from pipeline.curation.text import TextEncoder
 
     return TextEncoder("minilm", max_tokens=24, batch_size=64)
 
@@ -30,7 +30,8 @@ def encoder():
 def curated(tmp_path_factory, encoder):
     """The tiny config's curated shards and their embeddings, as the stages open them."""
     from pipeline.core.batches import Curated
-    from pipeline.data import curate, embeddings
+    from pipeline.curation import curate
+    from pipeline.data import embeddings
 
     cfg = tiny_cfg()
     out = tmp_path_factory.mktemp("curated")

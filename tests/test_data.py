@@ -11,7 +11,8 @@ import torch
 from PIL import Image
 
 from pipeline.core import batches
-from pipeline.data import curate, embeddings, outputs, shards, world
+from pipeline.curation import curate
+from pipeline.data import embeddings, outputs, shards, world
 from tests.conftest import tiny_cfg
 
 

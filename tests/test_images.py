@@ -1,10 +1,10 @@
-"""pipeline.data.images: what a user's image file becomes, or the one-line refusal naming it."""
+"""pipeline.curation.images: what a user's image file becomes, or the one-line refusal naming it."""
 import numpy as np
 import pytest
 from PIL import Image
 
 from pipeline import generate
-from pipeline.data import images
+from pipeline.curation import images
 
 
 def test_a_16_bit_grey_png_is_scaled_to_8_bits_not_clipped(tmp_path):

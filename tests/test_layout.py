@@ -1,13 +1,13 @@
-"""The library's layers: data < core < eval < train; config, tracking and report stand beside them."""
+"""The library's layers: data < curation < core < eval < train; config, tracking and report stand beside them."""
 import ast
 
 from tests.conftest import ROOT
 
-LAYERS = ["data", "core", "eval", "train"]
+LAYERS = ["data", "curation", "core", "eval", "train"]
 # What each module beside the layers may import: generate, the inference command, samples models and
 # never imports training code; report's command line (`python -m pipeline.report`) reads params.yaml.
 BESIDE = {"config": {"data"}, "tracking": set(), "report": {"config", "data", "eval"},
-          "generate": {"data", "core", "eval"}}
+          "generate": {"data", "curation", "core", "eval"}}
 
 
 def _imports(path) -> set[str]:

@@ -18,7 +18,8 @@ from pipeline import generate
 from pipeline.core import backbone, checkpoint, latents, lora, teacher
 from pipeline.core.batches import Curated
 from pipeline.core.fields import Cond
-from pipeline.data import curate, embeddings, sd3_text
+from pipeline.curation import curate, sd3_text
+from pipeline.data import embeddings
 from pipeline.eval import evaluation
 from pipeline.eval import evaluator as E
 from pipeline.eval.sample import generate as sample

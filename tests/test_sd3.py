@@ -5,7 +5,7 @@ from diffusers import AutoencoderKL, SD3Transformer2DModel, StableDiffusion3Pipe
 
 from pipeline.core import lora
 from pipeline.core.latents import Latents
-from pipeline.data.sd3_text import SD3TextEncoder
+from pipeline.curation.sd3_text import SD3TextEncoder
 from tests.sd3_tiny import make_tiny_sd3
 
 PROMPTS = ["a red cat", "dog", "", "a red cat", "Red dog, cat! " * 30]  # a repeat; one past 77 CLIP tokens

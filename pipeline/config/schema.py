@@ -16,7 +16,7 @@ Positive = Annotated[int, Field(gt=0)]
 NonNegative = Annotated[int, Field(ge=0)]
 PositiveFloat = Annotated[float, Field(gt=0)]
 Probability = Annotated[float, Field(ge=0, le=1)]
-# The buckets of curated data: the world's, and "external" (pipeline.data.external's ingest).
+# The buckets of curated data: the world's, and "external" (pipeline.curation.external's ingest).
 Bucket = Literal[world.BUCKETS + ("external",)]
 ModelPreset = Literal["tiny", "S", "S-deep", "S-wide", "M", "B"]  # pipeline.core.backbone.PRESETS (a test keeps them equal)
 # The training t density; "_shifted": moved by model.shift like the sampling grid, so training
@@ -80,7 +80,7 @@ class Data(Section):
 
 class Text(Section):
     encoder: str  # "minilm" = the packaged all-MiniLM-L6-v2; "pretrained" = the SD3 text encoders of
-    # model.pretrained's folder (pipeline.data.sd3_text); or a local transformers folder
+    # model.pretrained's folder (pipeline.curation.sd3_text); or a local transformers folder
     max_tokens: Positive  # token embeddings are padded/truncated to this length (SD3: T5's, after 77 CLIP tokens)
     batch_size: Positive
 

@@ -103,7 +103,7 @@ def _card(name: str, log: dict, sampling: dict) -> str:
     latent_line = "" if latents is None else (
         f"\n- x, the source and the velocity live in the latents of the VAE of `{latents['vae']}` "
         f"({latents['channels']} channels, 1/{latents['downsample']} of the resolution)")
-    if "folder" in text:  # a pretrained model's own encoders (pipeline.data.sd3_text)
+    if "folder" in text:  # a pretrained model's own encoders (pipeline.curation.sd3_text)
         text_line = (f"the SD3 text encoders of `{text['folder']}` as diffusers' `encode_prompt` ({text['dim']} wide) "
                      f"and their pooled\n  embedding ({text.get('pooled_dim', text['dim'])} wide); "
                      f"CFG's null text is the empty prompt")

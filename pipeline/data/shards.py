@@ -11,7 +11,7 @@ a fixed owner and mode; it adds a sample's members in sorted order), and there a
 shard (the prompts' embeddings are `pipeline.data.embeddings`), so the same params give
 byte-identical shards on any machine and DVC sees no spurious change. `index.json` beside the
 buckets' folders counts each shard's samples: a shard truncated on a sample boundary, which tar
-reads without complaint, is caught by its count. External edit data (`pipeline.data.external`)
+reads without complaint, is caught by its count. External edit data (`pipeline.curation.external`)
 becomes the bucket `external`.
 
 Two readers, both webdataset pipelines yielding `Record`s: `read_records` loads a bucket/split into

@@ -29,7 +29,7 @@ from tqdm import tqdm
 from pipeline.core import compute
 from pipeline.data import outputs, world
 from pipeline.data.shards import to_tensor
-from pipeline.data.text import encoder_dir
+from pipeline.curation.text import encoder_dir
 from pipeline.eval.evaluator import (BACKGROUNDS, CLIP_MAX_TOKENS, CONTENTS, STYLES, Evaluator, ParserConfig,
                                      SceneParser, build_clip, grid_side, predict, scene_labels, to_grid)
 

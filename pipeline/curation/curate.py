@@ -13,7 +13,7 @@ import numpy as np
 import pandas as pd
 
 from pipeline.data import outputs, shards, world
-from pipeline.data.external import external_items
+from pipeline.curation.external import external_items
 
 
 def world_items(bucket: str, split: str, n: int, size: int) -> list[tuple[dict, np.ndarray, np.ndarray | None]]:

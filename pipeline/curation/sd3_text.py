@@ -1,6 +1,6 @@
 """The SD3-family text encoders of a local diffusers folder: CLIP-L, CLIP-G and (optionally) T5.
 
-Same interface as `pipeline.data.text.TextEncoder`, and exactly what diffusers'
+Same interface as `pipeline.curation.text.TextEncoder`, and exactly what diffusers'
 ``StableDiffusion3Pipeline.encode_prompt`` gives for one image per prompt, without CFG:
 
 - `text` (CLIP_TOKENS + max_tokens, dim): the penultimate hidden states of CLIP-L (text_encoder) and
@@ -17,7 +17,7 @@ embeddings, in which both CLIPs and T5 run without an attention mask and every p
 state. The empty prompt "" is the null text of CFG, as diffusers' default negative prompt.
 
 `load_encoder` is the one place ``text.encoder`` becomes an encoder: ``pretrained`` = these, of
-``model.pretrained``'s folder; anything else a `pipeline.data.text.TextEncoder` (MiniLM by default).
+``model.pretrained``'s folder; anything else a `pipeline.curation.text.TextEncoder` (MiniLM by default).
 (It lives here, not in `text`, so that what imports `text` alone does not depend on this module.)
 """
 from __future__ import annotations
@@ -28,7 +28,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from pipeline.data.text import CachedEncoder, TextEncoder
+from pipeline.curation.text import CachedEncoder, TextEncoder
 
 PRETRAINED = "pretrained"  # text.encoder: the SD3-family model's own encoders, of model.pretrained
 

@@ -20,7 +20,7 @@ import pandas as pd
 import pandera.pandas as pa
 from PIL import Image
 
-from pipeline.data import images
+from pipeline.curation import images
 from pipeline.data.shards import EXTERNAL, SPLITS, DataError, describe_failures
 
 COLUMNS = ["uid", "task", "prompt", "source_image", "target_image"]
