@@ -11,7 +11,8 @@ DVC is the source of truth for artefacts and final metrics; MLflow is the dashbo
 - Experiment "danceopd", of kind "custom model development", so the UI opens on its runs table.
 - Runs: one per stage invocation, named after the DVC stage (`DVC_STAGE`, which DVC sets, e.g.
   ``evaluate_t2i_edit@danceopd-0``; plus ``[exp]`` inside `dvc exp run`). Tags: ``dvc.stage``,
-  ``dvc.exp``, ``git.revision``, ``model``, ``host``, ``pid``. Params: the whole resolved
+  ``dvc.exp``, ``git.revision``, ``model``, ``host``, ``pid``, and ``sweep`` for an experiment
+  `tools/sweep.py` named ``<sweep>_<point>`` (filter ``tags.sweep = 'query'`` in the UI). Params: the whole resolved
   params.yaml (``params.*``) and what this stage resolved for itself (``run.*``: a model's
   buckets, steps and init, a student's method), so two runs' params differ where they differ.
 - Killed runs: a run left RUNNING by a process that is gone (same host, dead pid) is marked
@@ -224,7 +225,8 @@ def run(stage: str, params=None, *, recipe: dict | None = None, model: str | Non
     key = hashlib.sha256(json.dumps([stage, exp, logged], sort_keys=True, default=str).encode()).hexdigest()
     run_id = _resumable(resume, key)
     tags = {"dvc.stage": stage, "dvc.exp": exp, "git.revision": git_revision(), "host": socket.gethostname(),
-            "pid": str(os.getpid())} | ({"model": model} if model else {})
+            "pid": str(os.getpid())} | ({"model": model} if model else {}) | (
+            {"sweep": exp.split("_", 1)[0]} if "_" in exp else {})  # tools/sweep.py's <sweep>_<point>
     name = stage if exp == "workspace" else f"{stage} [{exp}]"
     with mlflow.start_run(run_id=run_id, run_name=None if run_id else name) as active:
         mlflow.set_tags(tags)  # also on a resumed run: its pid is this process now
@@ -235,6 +237,27 @@ def run(stage: str, params=None, *, recipe: dict | None = None, model: str | Non
             mlflow.log_params({k: str(v)[:6000] for k, v in logged.items()})
         store = _local_store(uri)
         yield Run(mlflow, active.info, store.parent / ARTIFACTS if store else None)
+
+
+def history(exp: str, stage_prefix: str, keys: list[str]) -> list[dict]:
+    """The logged steps of `keys` in the newest run of experiment `exp` whose stage starts with
+    `stage_prefix`: [{step, key: value, ...}] (a sweep's validation curve, `pipeline.figures`)."""
+    from mlflow.tracking import MlflowClient
+
+    client = MlflowClient(tracking_uri())
+    experiment = client.get_experiment_by_name(EXPERIMENT)
+    if experiment is None:
+        return []
+    runs = [r for r in client.search_runs([experiment.experiment_id], f"tags.`dvc.exp` = '{exp}'",
+                                          order_by=["attributes.start_time DESC"])
+            if r.data.tags.get("dvc.stage", "").startswith(stage_prefix)]
+    if not runs:
+        return []
+    rows: dict[int, dict] = {}
+    for key in keys:
+        for m in client.get_metric_history(runs[0].info.run_id, key):
+            rows.setdefault(m.step, {"step": m.step})[key] = m.value
+    return [rows[s] for s in sorted(rows)]
 
 
 def write_metrics(path: str | Path, metrics: dict[str, Any]) -> None:

@@ -23,6 +23,8 @@ def main() -> None:
     parser.add_argument("--router", type=Path, required=True)
     parser.add_argument("--out", type=Path, required=True)
     parser.add_argument("--metrics", type=Path, required=True, help="the training's cost and final loss")
+    parser.add_argument("--evaluator", type=Path, help="scores the validation samples (train.sample_every); "
+                        "read only then, and it changes no output: not a DVC dep")
     args = parser.parse_args()
 
     params = config.load()
@@ -38,7 +40,7 @@ def main() -> None:
             method, setting, params.fields, params.routing, params.train, params.model.shift, params.compute,
             data=data, base=args.base, experts=args.experts, router_dir=args.router, out=args.out, name=name,
             seed=args.seed, lora_rank=params.model.lora_rank, stream=params.data.stream,
-            on_log=lambda step, row: run.log_metrics(row, step))
+            on_log=lambda step, row: run.log_metrics(row, step), evaluator=args.evaluator, tracker=run)
         summary = result.summary()
         tracking.write_metrics(args.metrics, summary)
         run.log_metrics(summary)

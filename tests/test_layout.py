@@ -7,7 +7,7 @@ LAYERS = ["data", "curation", "core", "eval", "train"]
 # What each module beside the layers may import: generate, the inference command, samples models and
 # never imports training code; report's command line (`python -m pipeline.report`) reads params.yaml.
 BESIDE = {"config": {"data"}, "tracking": set(), "report": {"config", "data", "eval"},
-          "generate": {"data", "curation", "core", "eval"}}
+          "generate": {"data", "curation", "core", "eval"}, "figures": {"eval"}}
 
 
 def _imports(path) -> set[str]:

@@ -2,8 +2,10 @@
 import itertools
 import math
 
+import numpy as np
 import pytest
 import torch
+from PIL import Image
 
 from pipeline.core import backbone, streams
 from pipeline.core.batches import stack_records
@@ -93,3 +95,52 @@ def test_too_few_shards_for_the_readers_is_an_error_naming_the_keys(curated):
     n = len(shards.shard_paths(curated.shards, "t2i", "train"))
     with pytest.raises(ValueError, match=rf"data.stream: {n} shard\(s\).*data.stream.workers = {n + 1}"):
         streams.record_stream(curated, ["t2i"], "train", seed=0, workers=n + 1, buffer=4)
+
+
+def test_validation_samples_are_logged_and_leave_the_student_s_bytes_alone(curated, tmp_path):
+    """`train.sample_every`: the init (step 0) and every N steps are sampled, scored and logged as a
+    grid; the student trained with it is the same bytes as without it."""
+    from pipeline.eval import evaluator as E
+    from pipeline.train import distill, evaluator_training, validation
+    from tests.conftest import TINY, tiny_cfg
+    from tests.test_distributed import _sources
+
+    class Run:  # what a stage's MLflow run receives
+        def __init__(self):
+            self.metrics, self.files = [], {}
+
+        def log_metrics(self, metrics, step=None):
+            self.metrics.append((step, metrics))
+
+        def log_artifact(self, path, name=None):
+            self.files[name or path.name] = Image.open(path).size
+
+    torch.manual_seed(0)
+    tok = evaluator_training.tokenizer()
+    reference = np.random.default_rng(0).normal(size=(50, 256)).astype(np.float32)  # KID's: unused here
+    ev = E.Evaluator(E.SceneParser(E.ParserConfig(size=32)), E.build_clip(32, tok), tok, reference)
+    ev.save(tmp_path / "evaluator")
+    _sources(tmp_path / "sources", curated.tensors(["t2i"], "train", limit=1).text_dim)
+    students, runs = {}, {}
+    for every in (0, 2):
+        cfg = tiny_cfg(routing={"source": "label"}, train=TINY["train"] | {"sample_every": every},
+                       distill=TINY["distill"] | {"steps": 4})
+        runs[every] = Run()
+        distill.train_student(
+            cfg.method("realism", "danceopd"), cfg.settings["realism"], cfg.fields, cfg.routing, cfg.train,
+            cfg.model.shift, cfg.compute, data=curated, base=tmp_path / "sources" / "base",
+            experts=tmp_path / "sources" / "experts", router_dir=tmp_path / "router", out=tmp_path / f"{every}" / "student",
+            name="s", seed=0, evaluator=tmp_path / "evaluator", tracker=runs[every])
+        folder = tmp_path / f"{every}" / "student"
+        students[every] = {str(p.relative_to(folder)): p.read_bytes() for p in sorted(folder.rglob("*")) if p.is_file()}
+    assert students[0] == students[2]
+    assert runs[0].metrics == [] and runs[0].files == {}
+    assert [step for step, _ in runs[2].metrics] == [0, 2, 4]
+    n = min(validation.PROMPTS, cfg.data.test_per_bucket)
+    for _, row in runs[2].metrics:
+        assert set(row) == {f"val/t2i/{k}{e}" for k in ("geneval", "realism")
+                            for e in ("", "_lo", "_hi")}  # the realism route's bucket
+        assert 0 <= row["val/t2i/realism"] <= 1 and row["val/t2i/geneval"] * n == round(row["val/t2i/geneval"] * n)
+        assert row["val/t2i/realism_lo"] <= row["val/t2i/realism"] <= row["val/t2i/realism_hi"]
+    assert set(runs[2].files) == {f"validation_step_{s:06d}.png" for s in (0, 2, 4)}
+    assert all(w > 32 and h > 32 for w, h in runs[2].files.values())  # a labelled grid, not one image

@@ -121,6 +121,7 @@ class Train(Section):
     drop_source: Probability
     checkpoint_every: Positive
     log_every: Positive
+    sample_every: NonNegative  # students: validation samples to MLflow every N steps (0 = off)
     seed: int
     base: BaseRecipe  # the T2I base, from scratch
     finetune: Recipe  # the experts and joint, from base

@@ -37,8 +37,10 @@ from pipeline.core.batches import Batch, Curated, routed_batches
 from pipeline.core.fields import Cond, Field
 from pipeline.core.router import Router
 from pipeline.data import outputs
+from pipeline.eval.evaluator import Evaluator
 from pipeline.train import run
 from pipeline.train.loop import Fit, Loop, StepFn
+from pipeline.train.validation import Validation
 
 # u ~ Beta(a, b) over the high-to-low-noise rollout list, index = floor(R u): "low" is the
 # low-noise (late) end. Beta(1, 1) is the uniform distribution.
@@ -181,12 +183,14 @@ def router_routes(router: Router, routes: Sequence[teacher.Route],
 
 def train_student(method, setting, fields, routing, train, shift: float, compute_params, *, data: Curated, base: Path,
                   experts: Path, router_dir: Path, out: Path, name: str, seed: int, lora_rank: int = 0,
-                  stream=None, on_log=None) -> Fit:
+                  stream=None, on_log=None, evaluator: Path | None = None, tracker=None) -> Fit:
     """Distil a setting's routed fields into one student by `method` (with `seed`) and save it to `out`.
 
     `base` and `experts` (the experts' root) hold the source checkpoints the routes and the init name;
     `lora_rank` > 0 (``model.lora_rank``) trains a LoRA of the init instead of all its weights;
-    `stream` (``data.stream``) with `enabled` streams the batches from the shards (`pipeline.core.streams`).
+    `stream` (``data.stream``) with `enabled` streams the batches from the shards (`pipeline.core.streams`);
+    ``train.sample_every`` > 0 logs validation samples scored by `evaluator` to `tracker`, the stage's MLflow run
+    (`pipeline.train.validation`).
     """
     outputs.ensure_writable(out)
     device = compute.setup(compute_params)
@@ -224,7 +228,10 @@ def train_student(method, setting, fields, routing, train, shift: float, compute
               "loop": dataclasses.asdict(loop)}
     if lora_rank:
         recipe["lora_rank"] = lora_rank
+    validate = train.sample_every and Validation(Evaluator.load(evaluator, device), curated, teacher.buckets(routes),
+                                                 method.rollout_steps, shift, device, tracker, index)
     return run.fit_and_save(student, distill_step(target_field, method, shift, device), batches, loop,
                             rng=rng if route_rng is rng else (rng, route_rng), out=out, name=name, recipe=recipe,
                             run_id=checkpoint.fingerprint(recipe), shift=shift, data=data, space=space,
-                            side=tensors.image.shape[-1], device=device, on_log=on_log)
+                            side=tensors.image.shape[-1], device=device, on_log=on_log,
+                            on_sample=(train.sample_every, validate) if validate else None)

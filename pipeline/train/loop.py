@@ -207,11 +207,14 @@ class _Window:
 
 def fit(model: nn.Module, step_fn: StepFn, batches: Iterator[Batch], loop: Loop, *,
         rng: torch.Generator | tuple[torch.Generator, ...], work: Path, run_id: str, device: torch.device,
-        on_log: Callable[[int, dict], None] | None = None) -> Fit:
+        on_log: Callable[[int, dict], None] | None = None,
+        on_sample: tuple[int, Callable[[int, nn.Module], object]] | None = None) -> Fit:
     """Train `model` for `loop.steps` optimizer steps of `step_fn` over `batches`.
 
     `rng`: the generator the step draws from, or a tuple whose first is that one and whose others
-    the stream also draws from (all are checkpointed).
+    the stream also draws from (all are checkpointed). `on_sample` (every, fn): validation samples,
+    `fn(step, model)` by the first process before the first step and every `every` steps; it is no
+    part of the recipe (the trained weights are the same without it).
     """
     rngs = rng if isinstance(rng, tuple) else (rng,)
     rank, processes = compute.world()
@@ -228,6 +231,9 @@ def fit(model: nn.Module, step_fn: StepFn, batches: Iterator[Batch], loop: Loop,
     bar = tqdm(total=loop.steps, initial=progress["step"], mininterval=5.0, desc=name, unit="step", disable=rank > 0)
     tic = start = time.perf_counter()
     window, seen, total_seen = _Window(state, name), 0, 0
+    every, sample = on_sample if on_sample and on_sample[0] and rank == 0 else (0, None)
+    if sample and progress["step"] == 0:
+        sample(0, model)
     while progress["step"] < loop.steps:
         opt.zero_grad(set_to_none=True)
         loss_sum, samples = _accumulate(wrapped, forward, step_fn, batches, rngs[0], loop.grad_accum, device)
@@ -247,6 +253,8 @@ def fit(model: nn.Module, step_fn: StepFn, batches: Iterator[Batch], loop: Loop,
             if on_log:
                 on_log(progress["step"], row | extra)
             tic, window.losses, total_seen, seen = time.perf_counter(), [], total_seen + seen, 0
+        if sample and progress["step"] % every == 0:
+            sample(progress["step"], model)
         if progress["step"] % loop.checkpoint_every == 0 and progress["step"] < loop.steps:
             window.mean()
             state.save()

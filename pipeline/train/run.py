@@ -28,12 +28,14 @@ def ready(model: nn.Module, grad_checkpointing: bool, lora_rank: int, seed: int)
 
 def fit_and_save(model: nn.Module, step: StepFn, batches, loop: Loop, *, rng, out: Path, name: str, recipe: dict,
                  run_id: str, shift: float, data: Curated, space: Space, side: int, device: torch.device,
-                 on_log=None) -> Fit:
+                 on_log=None, on_sample=None) -> Fit:
     """Train `model` (`pipeline.train.loop.fit`), resuming from ``<out>.partial/`` when a killed run
     left it there, then save it to `out` with the log {name, recipe, history} and a sampling card
-    (`side`: the size of its inputs; the card records the pixels of images, through `space`)."""
+    (`side`: the size of its inputs; the card records the pixels of images, through `space`);
+    `on_sample`: `fit`'s validation hook."""
     work = checkpoint.work_dir(out)
-    result = fit(model, step, batches, loop, rng=rng, work=work, run_id=run_id, device=device, on_log=on_log)
+    result = fit(model, step, batches, loop, rng=rng, work=work, run_id=run_id, device=device, on_log=on_log,
+                 on_sample=on_sample)
     sampling = checkpoint.sampling_card(shift, side * space.downsample, data.embeddings.info, space.card())
     checkpoint.save_model(result.model, out, {"name": name, "recipe": recipe, "history": result.history}, sampling)
     checkpoint.finish(work)
