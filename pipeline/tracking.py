@@ -12,9 +12,10 @@ DVC is the source of truth for artefacts and final metrics; MLflow is the dashbo
 - Runs: one per stage invocation, named after the DVC stage (`DVC_STAGE`, which DVC sets, e.g.
   ``evaluate_t2i_edit@danceopd-0``; plus ``[exp]`` inside `dvc exp run`). Tags: ``dvc.stage``,
   ``dvc.exp``, ``git.revision``, ``model``, ``host``, ``pid``, and ``sweep`` for an experiment
-  `tools/sweep.py` named ``<sweep>_<point>`` (filter ``tags.sweep = 'query'`` in the UI). Params: the whole resolved
-  params.yaml (``params.*``) and what this stage resolved for itself (``run.*``: a model's
-  buckets, steps and init, a student's method), so two runs' params differ where they differ.
+  `tools/sweep.py` named ``<sweep>_<point>`` (filter ``tags.sweep = 'query'`` in the UI).
+  Params: the whole resolved params.yaml (``params.*``) and what this stage resolved for itself
+  (``run.*``: a model's buckets, steps and init, a student's method), so two runs' params differ
+  where they differ.
 - Killed runs: a run left RUNNING by a process that is gone (same host, dead pid) is marked
   KILLED when the next stage starts. A training stage that resumes from its checkpoint resumes
   its MLflow run too (the run id is kept in the checkpoint folder), so its curves continue.

@@ -15,6 +15,7 @@ from pathlib import Path
 
 import pytest
 import yaml
+from PIL import Image
 
 from tests.conftest import ROOT, tiny_raw
 
@@ -233,6 +234,8 @@ def _tiny_repo(tmp_path: Path) -> Path:
         shutil.copy(ROOT / name, repo / name)
     (repo / "params.yaml").write_text(yaml.safe_dump(tiny_raw(), sort_keys=False))
     _run(["git", "init", "-q"], repo)
+    for key, value in (("user.name", "t"), ("user.email", "t@t")):  # the experiments' commits too
+        _run(["git", "config", key, value], repo)
     _run(["dvc", "init", "-q"], repo)
     shutil.copy(ROOT / ".dvcignore", repo / ".dvcignore")  # after `dvc init`, which writes its own
     _commit(repo, "tiny")
@@ -267,6 +270,42 @@ def _undeclared_reads(repo: Path, traces: Path) -> dict[str, list[str]]:
         assert argv in read, f"{name}: no trace of `{stage['cmd']}`"
         out[name] = [k for k in read[argv] if not any(d in ("", k) or k.startswith(d + ".") for d in declared)]
     return {name: keys for name, keys in out.items() if keys}
+
+
+def _sweep_through_the_queue(repo: Path, tmp_path: Path) -> None:
+    """A 2-point sweep as queued DVC experiments (`tools/sweep.py`), then collected into a figure
+    from what the experiments committed, re-running nothing."""
+    from mlflow.tracking import MlflowClient
+
+    from pipeline.eval import scoring
+
+    _commit(repo, "the tiny run")
+    sweep = [sys.executable, str(ROOT / "tools" / "sweep.py")]
+    try:
+        _run([*sweep, "queue", "query", "--points", "low", "mid", "--start", "-j", "1", "--wait"], repo)
+    finally:
+        subprocess.run(["dvc", "queue", "stop", "--kill"], cwd=repo, capture_output=True)
+    assert {"ref", "query_mid"} <= set(_run(["dvc", "exp", "list", "--name-only"], repo).split())
+    again = _run([*sweep, "queue", "query", "--points", "mid"], repo)
+    assert "query_mid already exists" in again  # a point runs once
+    out = _run([*sweep, "collect", "--out", str(tmp_path / "figures"), "--page", str(tmp_path / "figures.md")], repo)
+    png = tmp_path / "figures" / "query.png"
+    assert png.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n" and Image.open(png).size[0] > 400
+    points = json.loads((tmp_path / "figures" / "points.json").read_text())["query"]["points"]
+    assert set(points) == {"low", "mid"} and points["low"]["experiment"] == "ref" and "difference" in points["mid"]
+    for point, name in (("low", "ref"), ("mid", "query_mid")):  # the numbers are the experiment's outcomes
+        outcomes = json.loads(_run(["git", "show", f"{_exp_commit(repo, name)}:data/outcomes/t2i_edit/danceopd-s0.json"],
+                                   repo))
+        assert points[point]["geneval"] == json.loads(json.dumps(scoring.score([outcomes], "geneval")))
+    assert "![query](figures/query.png)" in (tmp_path / "figures.md").read_text() and "**query**" in out
+    client = MlflowClient(f"sqlite:///{repo}/mlflow.db")
+    tagged = client.search_runs([client.get_experiment_by_name("danceopd").experiment_id], "tags.sweep = 'query'")
+    assert {r.data.tags["dvc.exp"] for r in tagged} == {"query_mid"}  # `ref` has no `_`: no sweep of its own
+
+
+def _exp_commit(repo: Path, name: str) -> str:
+    refs = _run(["git", "for-each-ref", "--format=%(refname) %(objectname)", "refs/exps"], repo).split("\n")
+    return next(line.split()[1] for line in refs if line.split() and line.split()[0].endswith(f"/{name}"))
 
 
 def _touch_comment(path: Path) -> None:
@@ -364,6 +403,7 @@ def test_tiny_dvc_repro(tmp_path):
     _run(["dvc", "pull"], repo)
     assert "up to date" in _run(["dvc", "status"], repo)
     assert backbone.load(models / "students" / "t2i_edit" / "danceopd-s0").transformer.config.num_layers == 1
+    _sweep_through_the_queue(repo, tmp_path)
     # Touching a stage script reruns the stages that run it, and nothing after them: their outputs
     # are byte-identical (no timings inside), so every downstream stage stays cached.
     _touch_comment(repo / "stages" / "train_router.py")

@@ -75,24 +75,22 @@ def _read(sha: str, path: str) -> dict | None:
 
 
 def collect(out: Path, page: Path) -> dict:
-    found = experiments()
-    student = f"{figures.SETTING}/{figures.STUDENT}"
-    outcomes = {n: o for n, sha in found.items() if (o := _read(sha, f"data/outcomes/{student}.json"))}
-    metrics = {n: m for n, sha in found.items() if (m := _read(sha, f"data/metrics/eval/{student}.json"))}
-    collected = {}
-    for sweep in figures.SWEEPS:
+    found, collected = experiments(), {}
+    for sweep, (_, points, _, _) in figures.SWEEPS.items():
+        shas = {p: found[n] for p in points if (n := figures.experiment(sweep, p)[0]) in found}
+        outcomes = {p: o for p, sha in shas.items()
+                    if (o := _read(sha, f"data/outcomes/{figures.student(sweep, p)}.json")) is not None}
         if sweep == "cfg":
-            collected[sweep] = figures.cfg_grid(outcomes, metrics)
+            metrics = {p: _read(sha, f"data/metrics/eval/{figures.student(sweep, p)}.json") for p, sha in shas.items()}
+            collected[sweep] = figures.cfg_grid(outcomes, {p: m["nfe"] for p, m in metrics.items() if m})
         elif sweep == "realism":
             keys = ["val/t2i/realism", "val/t2i/realism_lo", "val/t2i/realism_hi"]
-            curves = {}
-            for method in figures.SWEEPS[sweep][1]:
-                name, _ = figures.experiment(sweep, method)
-                if name in found:
-                    rows = tracking.history(name, f"distill_realism@{method}-0", keys)
-                    curves[method] = [{"step": r["step"], "realism": r[keys[0]], "lo": r[keys[1]], "hi": r[keys[2]]}
-                                      for r in rows if all(k in r for k in keys)]
-            collected[sweep] = figures.realism_curves({m: c for m, c in curves.items() if c})
+            curves = {p: [{"step": r["step"], "realism": r[keys[0]], "lo": r[keys[1]], "hi": r[keys[2]]}
+                          for r in tracking.history(figures.experiment(sweep, p)[0], f"distill_realism@{p}-0", keys)
+                          if all(k in r for k in keys)] for p in shas}
+            sha = next(iter(shas.values()), None)  # the sources' outcomes: the same in every point
+            init, teacher = (_read(sha, f"data/outcomes/sources/{m}.json") if sha else None for m in ("base", "realism"))
+            collected[sweep] = figures.realism_curves({p: c for p, c in curves.items() if c}, outcomes, init, teacher)
         else:
             collected[sweep] = figures.ablation(sweep, outcomes)
     measured = lambda d: (any("difference" in p for p in d.get("points", {}).values())  # noqa: E731
