@@ -65,8 +65,12 @@ def wait(poll: float = 5.0) -> None:
         if not any(word in status for word in ("Queued", "Running")):
             break
         time.sleep(poll)
-    if "Failed" in status:
-        raise SystemExit(f"sweep: an experiment failed (dvc queue logs <name>):\n{status}")
+    failed = [line.split()[1] for line in status.splitlines() if line.strip().endswith("Failed")]
+    if failed:
+        logs = {name: subprocess.run(["dvc", "queue", "logs", name], capture_output=True, text=True) for name in failed}
+        tails = "\n".join(f"--- dvc queue logs {n} (its end):\n" + "\n".join((p.stdout + p.stderr).splitlines()[-25:])
+                          for n, p in logs.items())
+        raise SystemExit(f"sweep: {', '.join(failed)} failed:\n{status}\n{tails}")
 
 
 def _read(sha: str, path: str) -> dict | None:
